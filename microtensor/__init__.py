@@ -1,0 +1,38 @@
+"""microtensor: a small reverse-mode autograd engine over NumPy that checks your backprop.
+
+>>> import microtensor as mt
+>>> w = mt.Tensor([2.0, -1.0], requires_grad=True, name="w")
+>>> (w * w).sum().backward(); w.grad
+array([ 4., -2.])
+"""
+
+from microtensor.autograd import Op, Tape, enable_grad, grad, is_grad_enabled, no_grad, tape
+from microtensor.ops import (
+    add,
+    div,
+    exp,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    mean,
+    mul,
+    neg,
+    pow,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    sub,
+    sum,
+    tanh,
+    transpose,
+)
+from microtensor.tensor import Tensor
+
+__all__ = [
+    "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled",
+    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
+    "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
+]
+__version__ = "0.1.0"

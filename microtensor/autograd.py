@@ -1,0 +1,416 @@
+"""The tape: how ops are recorded as they run and replayed in reverse by backward.
+
+Nothing here knows about a particular op. An :class:`Op` is a name, a forward
+function on NumPy arrays and one vector-Jacobian product per input; :func:`Op.__call__`
+runs the forward and, when gradients are wanted, appends a :class:`Node` to the tape.
+:func:`run_backward` walks the recorded nodes from the output back to the leaves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ContextDecorator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class _GradMode(threading.local):
+    # A class attribute on a threading.local subclass is each thread's starting value.
+    enabled = True
+
+
+_grad_mode = _GradMode()
+_tape_position = itertools.count()
+
+
+class _SetGradMode(ContextDecorator):
+    _enabled: bool
+
+    def __enter__(self) -> None:
+        self._previous = _grad_mode.enabled
+        _grad_mode.enabled = self._enabled
+
+    def __exit__(self, *exc: object) -> None:
+        _grad_mode.enabled = self._previous
+
+    def _recreate_cm(self) -> _SetGradMode:
+        # As a decorator, each call gets a fresh manager so nested or threaded calls
+        # never share the saved previous mode.
+        return type(self)()
+
+
+class no_grad(_SetGradMode):
+    """Context manager and decorator: ops inside record nothing (in this thread only).
+
+    >>> with no_grad():
+    ...     y = Tensor([1.0], requires_grad=True) * 2
+    >>> y.requires_grad
+    False
+    """
+
+    _enabled = False
+
+
+class enable_grad(_SetGradMode):
+    """Context manager and decorator: recording is on again inside a ``no_grad`` block.
+
+    >>> with no_grad(), enable_grad():
+    ...     y = Tensor([1.0], requires_grad=True) * 2
+    >>> y.requires_grad
+    True
+    """
+
+    _enabled = True
+
+
+def is_grad_enabled() -> bool:
+    """Whether ops in this thread are being recorded."""
+    return _grad_mode.enabled
+
+
+class Node:
+    """One recorded op application: what backward needs to send gradients to the inputs."""
+
+    __slots__ = ("op", "inputs", "params", "position", "freed", "origin")
+
+    def __init__(self, op: Op, inputs: tuple, params: dict) -> None:
+        self.op = op
+        self.inputs = inputs  # Tensors, or raw constants (Python scalars, ndarrays)
+        self.params = params  # non-differentiable arguments such as axis
+        self.position = next(_tape_position)  # execution order; also a topological order
+        self.freed = False
+
+
+def _shapes(values: Iterable[Any]) -> str:
+    return ", ".join(str(np.shape(v.data if isinstance(v, Tensor) else v)) for v in values)
+
+
+class Op:
+    """A differentiable operation: a forward on arrays, and one VJP per input.
+
+    Each VJP is called as ``vjp(g, out, *inputs, **params)`` and returns the gradient
+    for its input. Arguments are ndarrays on the first-order path and Tensors under
+    ``create_graph=True``, so a VJP is written with operators and methods that both
+    share. Gradients are summed back to each input's shape by the tape, not the VJP.
+
+    >>> double = Op("double", lambda x: 2 * x, lambda g, out, x: 2 * g)
+    >>> double(Tensor([1.0, 2.0])).data
+    array([2., 4.])
+    """
+
+    __slots__ = ("name", "forward", "vjps", "differentiable")
+
+    def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any]):
+        self.name = name
+        self.forward = forward
+        self.vjps = vjps
+        self.differentiable = bool(vjps)
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+    def __call__(self, *args: Any, **params: Any) -> Tensor:
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        try:
+            out = self.forward(*arrays, **params)
+        except (ValueError, TypeError, IndexError) as err:
+            raise type(err)(f"{self.name}: {err} (input shapes: {_shapes(args)})") from None
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        if anomaly_checks.active is not None:
+            anomaly_checks.active.check_forward(self, args, out)
+        result = Tensor.__new__(Tensor)
+        result.data = out
+        result.grad = None
+        result.name = None
+        result._retains_grad = False
+        result.requires_grad = False
+        result._node = None
+        if self.differentiable and _grad_mode.enabled:
+            for a in args:
+                if isinstance(a, Tensor) and a.requires_grad:
+                    result.requires_grad = True
+                    result._node = Node(self, args, params)
+                    if anomaly_checks.active is not None:
+                        anomaly_checks.active.record_origin(result._node)
+                    break
+        return result
+
+    def either(self, *args: Any, **params: Any) -> Any:
+        """Apply to ndarrays (giving an ndarray) or to Tensors (recording); used in VJPs."""
+        for a in args:
+            if isinstance(a, Tensor):
+                return self(*args, **params)
+        return self.forward(*args, **params)
+
+
+class anomaly_checks:
+    """Where ``detect_anomaly`` plugs in; ``None`` outside it, so the hot path pays one test."""
+
+    active: Any = None
+
+
+def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``grad`` over the axes NumPy broadcasting added, so it has ``shape``.
+
+    >>> unbroadcast(np.ones((4, 3)), (3,))
+    array([4., 4., 4.])
+    """
+    if grad.shape == shape:
+        return grad
+    leading = grad.ndim - len(shape)
+    if leading < 0:
+        raise ValueError(f"gradient of shape {grad.shape} cannot reduce to shape {shape}")
+    axes = tuple(range(leading)) + tuple(
+        leading + i for i, n in enumerate(shape) if n == 1 and grad.shape[leading + i] != 1
+    )
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _freed_graph_error() -> RuntimeError:
+    return RuntimeError(
+        "Trying to backward through the graph a second time: its saved values were "
+        "released by the first backward. Specify retain_graph=True on the first "
+        "backward() (or grad()) call if you need to backward through it again."
+    )
+
+
+def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
+    """Every non-leaf tensor that ``outputs`` depend on, latest first (reverse tape order).
+
+    Iterative, so arbitrarily long chains do not hit the recursion limit.
+    """
+    seen: set[int] = set()
+    found: list[Tensor] = []
+    stack = [t for t in outputs if t._node is not None]
+    while stack:
+        t = stack.pop()
+        node = t._node
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.append(t)
+        for a in node.inputs:
+            if isinstance(a, Tensor) and a._node is not None and id(a._node) not in seen:
+                stack.append(a)
+    found.sort(key=lambda t: t._node.position, reverse=True)
+    return found
+
+
+def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
+    if gradient is None:
+        if output.data.size != 1:
+            raise ValueError(
+                f"backward: grad can be implicitly created only for scalar outputs, but the "
+                f"output has shape {output.shape}; pass gradient= with that shape "
+                f"(or reduce the output first, e.g. .sum() or .mean())"
+            )
+        gradient = np.ones_like(output.data)
+    elif isinstance(gradient, Tensor):
+        gradient = gradient if create_graph else gradient.data
+    else:
+        gradient = np.asarray(gradient, dtype=output.dtype)
+    if gradient.shape != output.shape:
+        raise ValueError(
+            f"backward: gradient has shape {gradient.shape} but the output has shape "
+            f"{output.shape}; they must match"
+        )
+    if create_graph and not isinstance(gradient, Tensor):
+        gradient = Tensor(gradient)
+    return gradient
+
+
+def _accumulate(grads: dict[int, Any], key: int, grad: Any) -> None:
+    previous = grads.get(key)
+    grads[key] = grad if previous is None else previous + grad
+
+
+def run_backward(
+    outputs: Sequence[Tensor],
+    gradients: Sequence[Any],
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+    inputs: Sequence[Tensor] | None = None,
+) -> list[Any] | None:
+    """Replay the tape from ``outputs`` back to the leaves.
+
+    Without ``inputs``, leaf gradients are accumulated into ``.grad`` (and into the
+    ``.grad`` of tensors that called ``retain_grad()``). With ``inputs``, their
+    gradients are returned instead and no ``.grad`` is touched.
+    """
+    if retain_graph is None:
+        retain_graph = create_graph
+    for out in outputs:
+        if not out.requires_grad:
+            raise RuntimeError(
+                "backward: the output does not require grad and has no recorded graph; "
+                "did you create it under no_grad(), or from tensors without requires_grad=True?"
+            )
+    grads: dict[int, Any] = {}
+    for out, gradient in zip(outputs, gradients):
+        _accumulate(grads, id(out), _root_gradient(out, gradient, create_graph))
+    wanted = None if inputs is None else {id(t) for t in inputs}
+    order = recorded_nodes(outputs)
+    captured: dict[int, Any] = {}
+    leaves: dict[int, Tensor] = {}
+    with _SetGradModeTo(create_graph):
+        for t in order:
+            node = t._node
+            if node.freed:
+                raise _freed_graph_error()
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if wanted is not None:
+                if id(t) in wanted:
+                    captured[id(t)] = g
+            elif t._retains_grad:
+                t.grad = _add_into(t.grad, g, t)
+            if create_graph:
+                out, args = t, node.inputs
+            else:
+                out = t.data
+                args = [a.data if isinstance(a, Tensor) else a for a in node.inputs]
+            for i, a in enumerate(node.inputs):
+                if not (isinstance(a, Tensor) and a.requires_grad):
+                    continue
+                ga = node.op.vjps[i](g, out, *args, **node.params)
+                if anomaly_checks.active is not None:
+                    anomaly_checks.active.check_backward(node, i, ga)
+                ga = unbroadcast(ga, a.data.shape)
+                if a._node is None:
+                    leaves[id(a)] = a
+                _accumulate(grads, id(a), ga)
+            if not retain_graph:
+                node.freed = True
+    if wanted is not None:
+        for key in wanted:
+            if key in grads:  # a leaf, or a tensor no recorded op consumed
+                captured.setdefault(key, grads[key])
+        return [_as_gradient(captured.get(id(t)), t, create_graph) for t in inputs]
+    for key, leaf in leaves.items():
+        leaf.grad = _add_into(leaf.grad, grads[key], leaf)
+    return None
+
+
+class _SetGradModeTo(_SetGradMode):
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+
+
+def _as_gradient(grad: Any, t: Tensor, create_graph: bool) -> Any:
+    """A gradient as handed to the user: the tensor's dtype, never aliasing another."""
+    if grad is None:
+        return None
+    if isinstance(grad, Tensor):
+        return grad if grad.dtype == t.dtype else grad.astype(t.dtype)
+    if create_graph:
+        return Tensor(np.array(grad, dtype=t.dtype))
+    return np.array(grad, dtype=t.dtype)  # a copy: VJPs may return shared or read-only views
+
+
+def _add_into(current: Any, grad: Any, t: Tensor) -> Any:
+    fresh = _as_gradient(grad, t, isinstance(grad, Tensor))
+    return fresh if current is None else current + fresh
+
+
+@dataclass(frozen=True)
+class TapeEntry:
+    """One line of a tape: ``output = op(inputs)`` with the output's shape and dtype."""
+
+    position: int
+    op: str
+    inputs: tuple[str, ...]
+    output: str
+    shape: tuple[int, ...]
+    dtype: str
+    params: str
+
+    def __str__(self) -> str:
+        args = ", ".join(self.inputs) + (f", {self.params}" if self.params else "")
+        return f"{self.output} = {self.op}({args})  # {self.shape} {self.dtype}"
+
+
+class Tape(list):
+    """The recorded operations an output depends on, in the order they ran."""
+
+    def __str__(self) -> str:
+        return "\n".join(str(entry) for entry in self)
+
+
+def _describe_constant(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array{value.shape}" if value.size > 1 else repr(value.item())
+    return repr(value)
+
+
+def tape(output: Tensor) -> Tape:
+    """The recorded ops ``output`` depends on, in execution order, as a Wengert list.
+
+    >>> x = Tensor([1.0, 2.0], requires_grad=True, name="x")
+    >>> print(tape((x * x).sum()))
+    v0 = mul(x, x)  # (2,) float64
+    v1 = sum(v0)  # () float64
+    """
+    nodes = list(reversed(recorded_nodes([output])))
+    labels: dict[int, str] = {}
+    leaf_count = itertools.count()
+    entries = Tape()
+    for i, t in enumerate(nodes):
+        labels[id(t)] = t.name or f"v{i}"
+    for i, t in enumerate(nodes):
+        names = []
+        for a in t._node.inputs:
+            if not isinstance(a, Tensor):
+                names.append(_describe_constant(a))
+            elif id(a) in labels:
+                names.append(labels[id(a)])
+            else:
+                labels[id(a)] = a.name or f"leaf{next(leaf_count)}"
+                names.append(labels[id(a)])
+        params = ", ".join(
+            f"{k}={_describe_constant(v)}" for k, v in t._node.params.items()
+            if v is not None and v is not False
+        )
+        entries.append(
+            TapeEntry(i, t._node.op.name, tuple(names), labels[id(t)], t.shape, str(t.dtype), params)
+        )
+    return entries
+
+
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: Any = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+) -> tuple[Any, ...]:
+    """Gradients of ``outputs`` with respect to ``inputs``, leaving every ``.grad`` alone.
+
+    Returns one gradient per input (an ndarray, or a Tensor when ``create_graph``);
+    None for an input the outputs do not depend on.
+
+    >>> x = Tensor([1.0, 2.0], requires_grad=True)
+    >>> grad((x ** 3).sum(), x)
+    (array([ 3., 12.]),)
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if grad_outputs is None or isinstance(grad_outputs, (Tensor, np.ndarray)):
+        grad_outputs = [grad_outputs] * len(outputs) if grad_outputs is None else [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(
+            f"grad: got {len(grad_outputs)} grad_outputs for {len(outputs)} outputs"
+        )
+    for t in inputs:
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            raise ValueError("grad: every input must be a Tensor with requires_grad=True")
+    return tuple(run_backward(outputs, grad_outputs, retain_graph, create_graph, inputs))
+
+
+# Tensor's methods call back into this module, so it is bound last (see tensor.py).
+from microtensor.tensor import Tensor  # noqa: E402

@@ -1,0 +1,226 @@
+"""Every op's tape gradient against finite differences of an independent NumPy reference,
+and against PyTorch when it is installed."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import numeric_vjp, requires_torch, torch
+
+import microtensor as mt
+from microtensor import Tensor
+
+
+def _ref_log_softmax(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+# name -> (engine function, NumPy reference, input shapes, value transform for the domain)
+UNARY = {
+    "neg": (lambda x: -x, lambda x: -x),
+    "relu": (mt.relu, lambda x: np.maximum(x, 0)),
+    "sigmoid": (mt.sigmoid, lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": (mt.tanh, np.tanh),
+    "exp": (mt.exp, np.exp),
+    "log": (lambda x: mt.log(x * x + 0.5), lambda x: np.log(x * x + 0.5)),
+    "log_softmax": (lambda x: x.log_softmax(axis=-1), _ref_log_softmax),
+    "log_softmax_axis0": (lambda x: mt.log_softmax(x, axis=0), lambda x: _ref_log_softmax(x, 0)),
+    "softmax": (lambda x: x.softmax(), lambda x: np.exp(_ref_log_softmax(x))),
+    "sum": (lambda x: x.sum(), np.sum),
+    "sum_axis0": (lambda x: x.sum(axis=0), lambda x: x.sum(axis=0)),
+    "sum_keepdims": (lambda x: x.sum(axis=-1, keepdims=True), lambda x: x.sum(-1, keepdims=True)),
+    "mean": (lambda x: x.mean(), np.mean),
+    "mean_axis1": (lambda x: x.mean(axis=1), lambda x: x.mean(axis=1)),
+    "max": (lambda x: x.max(), np.max),
+    "max_axis0": (lambda x: x.max(axis=0), lambda x: x.max(axis=0)),
+    "max_axis_keepdims": (lambda x: x.max(axis=1, keepdims=True), lambda x: x.max(1, keepdims=True)),
+    "reshape": (lambda x: x.reshape(-1), lambda x: x.reshape(-1)),
+    "reshape_tuple": (lambda x: x.reshape((x.shape[1], -1)), lambda x: x.reshape(x.shape[1], -1)),
+    "transpose": (lambda x: x.T, lambda x: x.T),
+    "transpose_axes": (lambda x: x.transpose(1, 0), lambda x: x.transpose(1, 0)),
+    "getitem_slice": (lambda x: x[1:, ::2], lambda x: x[1:, ::2]),
+    "getitem_int": (lambda x: x[0], lambda x: x[0]),
+    "getitem_pairs": (lambda x: x[np.arange(3), np.array([0, 2, 2])],
+                      lambda x: x[np.arange(3), np.array([0, 2, 2])]),
+    "getitem_repeated": (lambda x: x[np.array([0, 0, 2])], lambda x: x[np.array([0, 0, 2])]),
+    "pow_scalar": (lambda x: x ** 3, lambda x: x ** 3),
+    "rpow": (lambda x: 2.0 ** x, lambda x: 2.0 ** x),
+    "scalar_mix": (lambda x: (2.0 - x) / 3.0 + 1.0 * x, lambda x: (2.0 - x) / 3.0 + x),
+    "rtruediv": (lambda x: 1.0 / (x * x + 1), lambda x: 1.0 / (x * x + 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_op_gradient_matches_finite_differences(name, rng):
+    engine, reference = UNARY[name]
+    x_val = rng.standard_normal((3, 4))
+    x = Tensor(x_val, requires_grad=True)
+    out = engine(x)
+    upstream = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(out.data, reference(x_val), rtol=1e-12, atol=1e-12)
+    out.backward(upstream)
+    (expected,) = numeric_vjp(reference, [x_val], upstream)
+    np.testing.assert_allclose(x.grad, expected, rtol=1e-6, atol=1e-8)
+    assert x.grad.shape == x.shape and x.grad.dtype == x.dtype
+
+
+BINARY = {
+    "add": (lambda a, b: a + b, np.add),
+    "sub": (lambda a, b: a - b, np.subtract),
+    "mul": (lambda a, b: a * b, np.multiply),
+    "div": (lambda a, b: a / (b * b + 1), lambda a, b: a / (b * b + 1)),
+    "pow": (lambda a, b: (a * a + 1) ** b, lambda a, b: (a * a + 1) ** b),
+}
+BROADCAST_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)),
+                    ((4,), (2, 3, 4)), ((), (3,)), ((1, 1), (2, 3))]
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES, ids=str)
+def test_binary_op_gradient_sums_back_over_broadcast_axes(name, shapes, rng):
+    engine, reference = BINARY[name]
+    a_val, b_val = (rng.standard_normal(s) for s in shapes)
+    a, b = Tensor(a_val, requires_grad=True), Tensor(b_val, requires_grad=True)
+    out = engine(a, b)
+    upstream = rng.standard_normal(out.shape)
+    out.backward(upstream)
+    ga, gb = numeric_vjp(reference, [a_val, b_val], upstream)
+    np.testing.assert_allclose(a.grad, ga, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.grad, gb, rtol=1e-6, atol=1e-8)
+    assert a.grad.shape == a.shape and b.grad.shape == b.shape
+
+
+MATMUL_SHAPES = [((3, 4), (4, 2)), ((4,), (4,)), ((4,), (4, 2)), ((3, 4), (4,)),
+                 ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((2, 1, 3, 4), (3, 4, 2)),
+                 ((4,), (2, 4, 3)), ((2, 3, 4), (4,))]
+
+
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES, ids=str)
+def test_matmul_gradient_for_1d_2d_and_batched_operands(shapes, rng):
+    a_val, b_val = (rng.standard_normal(s) for s in shapes)
+    a, b = Tensor(a_val, requires_grad=True), Tensor(b_val, requires_grad=True)
+    out = a @ b
+    upstream = rng.standard_normal(out.shape)
+    out.backward(upstream)
+    ga, gb = numeric_vjp(np.matmul, [a_val, b_val], upstream)
+    np.testing.assert_allclose(a.grad, ga, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.grad, gb, rtol=1e-6, atol=1e-8)
+
+
+def test_ndarray_on_the_left_of_a_tensor_dispatches_to_the_tensor(rng):
+    w = Tensor(rng.standard_normal((3, 2)), requires_grad=True)
+    x = rng.standard_normal((4, 3))
+    out = x @ w
+    assert isinstance(out, Tensor) and out.requires_grad
+    out.sum().backward()
+    np.testing.assert_allclose(w.grad, x.T @ np.ones((4, 2)))
+    assert isinstance(np.ones(3) + Tensor(np.ones(3)), Tensor)
+    assert isinstance(2.0 - Tensor(1.0), Tensor)
+
+
+def test_max_splits_the_gradient_evenly_between_ties():
+    x = Tensor([1.0, 3.0, 3.0], requires_grad=True)
+    x.max().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.5, 0.5])
+
+
+def test_relu_gradient_at_zero_is_zero_like_pytorch():
+    x = Tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    x.relu().sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 1.0])
+
+
+def test_comparisons_give_boolean_tensors_that_never_require_grad():
+    x = Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    for result in (x > 2, x < 2, x >= 2, x <= 2, x == 2, x != 2):
+        assert result.dtype == bool and not result.requires_grad and result.is_leaf
+    np.testing.assert_array_equal((x > 1.5).data, [False, True, True])
+
+
+def test_log_softmax_and_softmax_of_huge_logits_stay_finite():
+    logits = Tensor([[1e4, 0.0, -1e4], [5e3, 5e3, 0.0]], requires_grad=True)
+    logp = logits.log_softmax()
+    assert np.all(np.isfinite(logp.data[:, :2]))
+    np.testing.assert_allclose(np.exp(logp.data).sum(axis=1), 1.0)
+    np.testing.assert_allclose(logits.softmax().data.sum(axis=1), 1.0)
+    logp[np.arange(2), np.array([0, 1])].sum().backward()
+    assert np.all(np.isfinite(logits.grad))
+
+
+def test_sigmoid_of_plus_minus_1000_gives_no_overflow_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mt.sigmoid(Tensor([-1000.0, 0.0, 1000.0]))
+    np.testing.assert_array_equal(out.data, [0.0, 0.5, 1.0])
+
+
+def test_sigmoid_keeps_full_precision_in_the_far_tail():
+    assert mt.sigmoid(Tensor(-40.0)).item() == pytest.approx(1 / (1 + np.exp(40.0)), rel=1e-12)
+
+
+def test_float32_stays_float32_through_ops_and_gradients(rng):
+    W = Tensor(rng.standard_normal((3, 2)), dtype=np.float32, requires_grad=True)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    loss = ((x @ W) * 2.0 + 1).sigmoid().log_softmax().mean()
+    assert loss.dtype == np.float32
+    loss.backward()
+    assert W.grad.dtype == np.float32
+
+
+# -- PyTorch as a second, independent reference -------------------------------------------
+TORCH_UNARY = {
+    "relu": torch and torch.relu, "sigmoid": torch and torch.sigmoid, "tanh": torch and torch.tanh,
+    "exp": torch and torch.exp,
+    "log_softmax": torch and (lambda x: torch.log_softmax(x, dim=-1)),
+    "softmax": torch and (lambda x: torch.softmax(x, dim=-1)),
+    "sum_axis0": torch and (lambda x: x.sum(dim=0)),
+    "mean_axis1": torch and (lambda x: x.mean(dim=1)),
+    "max_axis0": torch and (lambda x: x.amax(dim=0)),
+    "transpose": torch and (lambda x: x.T),
+    "getitem_pairs": torch and (lambda x: x[torch.arange(3), torch.tensor([0, 2, 2])]),
+    "pow_scalar": torch and (lambda x: x ** 3),
+}
+
+
+@requires_torch
+@pytest.mark.parametrize("name", sorted(TORCH_UNARY))
+def test_unary_op_gradient_matches_pytorch(name, rng):
+    engine, _ = UNARY[name]
+    x_val = rng.standard_normal((3, 4))
+    x = Tensor(x_val, requires_grad=True)
+    out = engine(x)
+    upstream = rng.standard_normal(out.shape)
+    out.backward(upstream)
+    tx = torch.tensor(x_val, requires_grad=True)
+    tout = TORCH_UNARY[name](tx)
+    tout.backward(torch.tensor(upstream))
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@requires_torch
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES + BROADCAST_SHAPES[:5], ids=str)
+def test_binary_ops_match_pytorch(shapes, rng):
+    a_val, b_val = (rng.standard_normal(s) for s in shapes)
+    matmul_ok = a_val.ndim > 0 and b_val.ndim > 0 and a_val.shape[-1] == (
+        b_val.shape[0] if b_val.ndim == 1 else b_val.shape[-2])
+    pairs = [(lambda a, b: a * b + a / (b * b + 1) - b, None)]
+    if matmul_ok:
+        pairs.append((lambda a, b: a @ b, None))
+    for fn, _ in pairs:
+        try:
+            np.broadcast_shapes(a_val.shape, b_val.shape)
+        except ValueError:
+            if fn is pairs[0][0]:
+                continue
+        a, b = Tensor(a_val, requires_grad=True), Tensor(b_val, requires_grad=True)
+        ta, tb = (torch.tensor(v, requires_grad=True) for v in (a_val, b_val))
+        out, tout = fn(a, b), fn(ta, tb)
+        upstream = rng.standard_normal(out.shape)
+        out.backward(upstream)
+        tout.backward(torch.tensor(upstream))
+        np.testing.assert_allclose(a.grad, ta.grad.numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(b.grad, tb.grad.numpy(), rtol=1e-10, atol=1e-10)

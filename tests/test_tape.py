@@ -1,0 +1,242 @@
+"""Backward semantics: accumulation, freeing, errors, grad modes, mt.grad, the tape listing."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import requires_torch, torch
+
+import microtensor as mt
+from microtensor import Tensor
+
+
+def test_a_tensor_used_twice_gets_both_contributions():
+    a = Tensor([3.0], requires_grad=True)
+    (a * a + a).sum().backward()
+    np.testing.assert_array_equal(a.grad, [7.0])
+
+
+def test_diamond_graph_sums_gradients_from_both_branches():
+    x = Tensor([0.5, -2.0], requires_grad=True)
+    h = x.tanh()
+    y = (h.exp() + h * 3.0).sum()
+    y.backward()
+    dh = np.exp(np.tanh(x.data)) + 3.0
+    np.testing.assert_allclose(x.grad, dh * (1 - np.tanh(x.data) ** 2))
+
+
+def test_leaf_gradients_accumulate_across_backward_calls_until_zero_grad():
+    w = Tensor([1.0, 2.0], requires_grad=True)
+    (w * 3.0).sum().backward()
+    (w * 3.0).sum().backward()
+    np.testing.assert_array_equal(w.grad, [6.0, 6.0])
+    w.zero_grad()
+    assert w.grad is None
+    (w * 3.0).sum().backward()
+    np.testing.assert_array_equal(w.grad, [3.0, 3.0])
+
+
+def test_grad_has_the_leaf_shape_and_dtype_and_is_not_shared_between_leaves():
+    a = Tensor(np.ones((2, 3), dtype=np.float32), requires_grad=True)
+    b = Tensor(np.ones((2, 3), dtype=np.float32), requires_grad=True)
+    upstream = np.ones((2, 3), dtype=np.float32)
+    (a + b).backward(upstream)
+    assert a.grad.shape == (2, 3) and a.grad.dtype == np.float32
+    assert not np.shares_memory(a.grad, b.grad)
+    assert not np.shares_memory(a.grad, upstream)
+    a.grad *= 0
+    np.testing.assert_array_equal(b.grad, 1.0)
+    np.testing.assert_array_equal(upstream, 1.0)
+
+
+def test_inputs_that_do_not_require_grad_get_no_gradient():
+    x = Tensor(np.ones((4, 3)))
+    w = Tensor(np.ones((3, 2)), requires_grad=True)
+    (x @ w).sum().backward()
+    assert x.grad is None and w.grad is not None
+
+
+def test_intermediate_keeps_grad_only_after_retain_grad():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    h = (x * 2.0).retain_grad()
+    k = x * 3.0
+    (h * k).sum().backward()
+    np.testing.assert_array_equal(h.grad, k.data)
+    assert k.grad is None
+
+
+def test_backward_on_non_scalar_without_gradient_is_a_value_error():
+    y = Tensor([1.0, 2.0], requires_grad=True) * 2.0
+    with pytest.raises(ValueError, match=r"scalar outputs.*\(2,\)"):
+        y.backward()
+
+
+def test_backward_with_gradient_of_the_wrong_shape_names_both_shapes():
+    y = Tensor([1.0, 2.0], requires_grad=True) * 2.0
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
+        y.backward(np.ones(3))
+
+
+def test_second_backward_through_freed_graph_names_retain_graph():
+    x = Tensor([1.0], requires_grad=True)
+    y = (x * x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        y.backward()
+
+
+def test_retain_graph_allows_a_second_backward():
+    x = Tensor([1.0], requires_grad=True)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [4.0])
+
+
+def test_backward_on_a_tensor_without_graph_is_an_error():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Tensor([1.0]).sum().backward()
+
+
+def test_backward_through_a_100000_op_chain_does_not_recurse():
+    x = Tensor(np.array(1.0), requires_grad=True)
+    y = x
+    for _ in range(100_000):
+        y = y * 1.0
+    y.backward()
+    assert x.grad == 1.0
+
+
+def test_no_grad_records_nothing_and_enable_grad_reenables():
+    x = Tensor([1.0], requires_grad=True)
+    with mt.no_grad():
+        y = x * 2
+        with mt.enable_grad():
+            z = x * 2
+    assert not y.requires_grad and y.is_leaf
+    assert z.requires_grad and not z.is_leaf
+    assert mt.is_grad_enabled()
+
+
+def test_no_grad_works_as_a_decorator_and_restores_the_mode():
+    @mt.no_grad()
+    def predict(x):
+        return x * 2
+
+    assert not predict(Tensor([1.0], requires_grad=True)).requires_grad
+    assert mt.is_grad_enabled()
+
+
+def test_no_grad_in_one_thread_does_not_affect_another():
+    inside = threading.Event()
+    release = threading.Event()
+    seen = {}
+
+    def worker():
+        with mt.no_grad():
+            inside.set()
+            release.wait(5)
+            seen["worker"] = mt.is_grad_enabled()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait(5)
+    seen["main"] = (Tensor([1.0], requires_grad=True) * 2).requires_grad
+    release.set()
+    thread.join()
+    assert seen == {"worker": False, "main": True}
+
+
+def test_requires_grad_on_integer_or_bool_data_is_a_type_error():
+    for data in ([1, 2], [True, False], [1 + 2j]):
+        with pytest.raises(TypeError, match="floating"):
+            Tensor(data, requires_grad=True)
+
+
+def test_dtypes_follow_numpy():
+    assert Tensor(1.0).dtype == np.float64
+    assert Tensor([1, 2]).dtype.kind == "i"
+    assert Tensor(np.ones(2, dtype=np.float32)).dtype == np.float32
+    assert Tensor([1, 2], dtype=np.float32).dtype == np.float32
+
+
+def test_matmul_shape_mismatch_names_the_op_and_shapes():
+    a = Tensor(np.ones((4, 3)), requires_grad=True)
+    with pytest.raises(ValueError, match=r"matmul.*\(4, 3\), \(2, 5\)"):
+        a @ np.ones((2, 5))
+
+
+def test_broadcast_mismatch_names_the_op_and_shapes():
+    with pytest.raises(ValueError, match=r"add.*\(3,\), \(4,\)"):
+        Tensor(np.ones(3)) + Tensor(np.ones(4))
+
+
+def test_grad_returns_gradients_without_touching_dot_grad():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    h = (x * 3.0).named("h")
+    (gx, gh) = mt.grad((h * h).sum(), [x, h])
+    np.testing.assert_allclose(gx, 18 * x.data)
+    np.testing.assert_allclose(gh, 6 * x.data)
+    assert x.grad is None
+
+
+def test_grad_with_create_graph_gives_second_derivatives():
+    x = Tensor([0.3, -1.2], requires_grad=True)
+    (g,) = mt.grad(x.tanh().sum(), x, create_graph=True)
+    assert isinstance(g, Tensor) and g.requires_grad
+    (h,) = mt.grad(g.sum(), x)
+    t = np.tanh(x.data)
+    np.testing.assert_allclose(h, -2 * t * (1 - t ** 2))
+
+
+def test_backward_with_create_graph_makes_grad_a_tensor_with_a_graph():
+    x = Tensor([2.0], requires_grad=True)
+    (x ** 3).sum().backward(create_graph=True)
+    assert isinstance(x.grad, Tensor)
+    first = x.grad
+    x.zero_grad()
+    first.sum().backward()
+    np.testing.assert_allclose(x.grad, [12.0])
+
+
+@requires_torch
+def test_hessian_vector_product_of_an_mlp_loss_matches_pytorch(rng):
+    X, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    W1, W2, v1, v2 = (rng.standard_normal(s) for s in [(4, 5), (5, 3), (4, 5), (5, 3)])
+
+    def loss_fn(w1, w2, Xs, rows):
+        logp = ((Xs @ w1).tanh() @ w2).log_softmax(-1) if isinstance(w1, Tensor) else \
+            torch.log_softmax(torch.tanh(Xs @ w1) @ w2, -1)
+        return -logp[rows, y].mean()
+
+    a, b = Tensor(W1, requires_grad=True), Tensor(W2, requires_grad=True)
+    ga, gb = mt.grad(loss_fn(a, b, X, np.arange(6)), [a, b], create_graph=True)
+    hv = mt.grad((ga * v1).sum() + (gb * v2).sum(), [a, b])
+
+    ta, tb = (torch.tensor(w, requires_grad=True) for w in (W1, W2))
+    tga, tgb = torch.autograd.grad(loss_fn(ta, tb, torch.tensor(X), torch.arange(6)), [ta, tb],
+                                   create_graph=True)
+    thv = torch.autograd.grad((tga * torch.tensor(v1)).sum() + (tgb * torch.tensor(v2)).sum(),
+                              [ta, tb])
+    for mine, theirs in zip(hv, thv):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_tape_lists_recorded_ops_in_execution_order_like_a_wengert_list():
+    x = Tensor(np.ones((4, 3)), name="x")
+    W = Tensor(np.ones((3, 2)), requires_grad=True, name="W")
+    h = (x @ W).relu().named("h")
+    loss = h.mean()
+    listing = mt.tape(loss)
+    assert [e.op for e in listing] == ["matmul", "relu", "mean"]
+    assert listing[0].inputs == ("x", "W") and listing[0].shape == (4, 2)
+    assert listing[2].inputs == ("h",)
+    assert str(listing).splitlines()[1] == "h = relu(v0)  # (4, 2) float64"
+
+
+def test_ops_on_tensors_without_grad_are_not_recorded():
+    x = Tensor(np.ones(3))
+    y = (x * 2).exp()
+    assert y.is_leaf and not y.requires_grad and len(mt.tape(y)) == 0
