@@ -6,7 +6,16 @@
 array([ 4., -2.])
 """
 
-from microtensor.autograd import Op, Tape, enable_grad, grad, is_grad_enabled, no_grad, tape
+from microtensor.autograd import (
+    Op,
+    Tape,
+    enable_grad,
+    grad,
+    is_grad_enabled,
+    no_grad,
+    scope,
+    tape,
+)
 from microtensor.ops import (
     add,
     div,
@@ -31,7 +40,7 @@ from microtensor.ops import (
 from microtensor.tensor import Tensor
 
 __all__ = [
-    "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled",
+    "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
     "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
 ]

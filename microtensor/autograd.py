@@ -67,6 +67,39 @@ class enable_grad(_SetGradMode):
     _enabled = True
 
 
+class _Scopes(threading.local):
+    current: tuple[str, ...] = ()
+
+
+_scopes = _Scopes()
+
+
+class scope:
+    """Context manager: ops recorded inside are tagged with ``name`` (nested scopes stack).
+
+    ``nn`` modules open one per call, so a picture can group a layer's ops together.
+
+    >>> x = Tensor([1.0], requires_grad=True)
+    >>> with scope("layer"):
+    ...     y = x * 2
+    >>> y._node.scope
+    ('layer',)
+    """
+
+    __slots__ = ("name", "_previous")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> scope:
+        self._previous = _scopes.current
+        _scopes.current = self._previous + (self.name,)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _scopes.current = self._previous
+
+
 def is_grad_enabled() -> bool:
     """Whether ops in this thread are being recorded."""
     return _grad_mode.enabled
@@ -75,7 +108,7 @@ def is_grad_enabled() -> bool:
 class Node:
     """One recorded op application: what backward needs to send gradients to the inputs."""
 
-    __slots__ = ("op", "inputs", "params", "position", "freed", "origin")
+    __slots__ = ("op", "inputs", "params", "position", "freed", "scope", "origin")
 
     def __init__(self, op: Op, inputs: tuple, params: dict) -> None:
         self.op = op
@@ -83,6 +116,7 @@ class Node:
         self.params = params  # non-differentiable arguments such as axis
         self.position = next(_tape_position)  # execution order; also a topological order
         self.freed = False
+        self.scope = _scopes.current  # e.g. ("TwoLayerNet", "fc1"), for grouping in pictures
 
 
 def _shapes(values: Iterable[Any]) -> str:
