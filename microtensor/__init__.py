@@ -6,6 +6,7 @@
 array([ 4., -2.])
 """
 
+from microtensor.anomaly import AnomalyError, detect_anomaly
 from microtensor.autograd import (
     Op,
     Tape,
@@ -41,6 +42,7 @@ from microtensor.tensor import Tensor
 
 __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
+    "detect_anomaly", "AnomalyError",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
     "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
 ]

@@ -9,6 +9,7 @@ runs the forward and, when gradients are wanted, appends a :class:`Node` to the 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ContextDecorator
@@ -108,19 +109,21 @@ def is_grad_enabled() -> bool:
 class Node:
     """One recorded op application: what backward needs to send gradients to the inputs."""
 
-    __slots__ = ("op", "inputs", "params", "position", "freed", "scope", "origin")
+    __slots__ = ("op", "inputs", "arrays", "params", "position", "freed", "scope", "origin")
 
-    def __init__(self, op: Op, inputs: tuple, params: dict) -> None:
+    def __init__(self, op: Op, inputs: tuple, arrays: list, params: dict) -> None:
         self.op = op
         self.inputs = inputs  # Tensors, or raw constants (Python scalars, ndarrays)
+        self.arrays = arrays  # the inputs' arrays, as the first-order VJPs take them
         self.params = params  # non-differentiable arguments such as axis
         self.position = next(_tape_position)  # execution order; also a topological order
         self.freed = False
         self.scope = _scopes.current  # e.g. ("TwoLayerNet", "fc1"), for grouping in pictures
+        self.origin = None if _anomaly.detector is None else _user_location()
 
 
 def _shapes(values: Iterable[Any]) -> str:
-    return ", ".join(str(np.shape(v.data if isinstance(v, Tensor) else v)) for v in values)
+    return ", ".join(str(np.shape(v._data if isinstance(v, Tensor) else v)) for v in values)
 
 
 class Op:
@@ -148,30 +151,29 @@ class Op:
         return f"<op {self.name}>"
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:
-        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
         try:
             out = self.forward(*arrays, **params)
         except (ValueError, TypeError, IndexError) as err:
             raise type(err)(f"{self.name}: {err} (input shapes: {_shapes(args)})") from None
         if type(out) is not np.ndarray:
             out = np.asarray(out)
-        if anomaly_checks.active is not None:
-            anomaly_checks.active.check_forward(self, args, out)
         result = Tensor.__new__(Tensor)
-        result.data = out
+        result._data = out
         result.grad = None
         result.name = None
         result._retains_grad = False
+        result._modified_at = -1
         result.requires_grad = False
         result._node = None
         if self.differentiable and _grad_mode.enabled:
             for a in args:
                 if isinstance(a, Tensor) and a.requires_grad:
                     result.requires_grad = True
-                    result._node = Node(self, args, params)
-                    if anomaly_checks.active is not None:
-                        anomaly_checks.active.record_origin(result._node)
+                    result._node = Node(self, args, arrays, params)
                     break
+        if _anomaly.detector is not None:
+            _anomaly.detector.check_forward(self, result, args)
         return result
 
     def either(self, *args: Any, **params: Any) -> Any:
@@ -182,10 +184,26 @@ class Op:
         return self.forward(*args, **params)
 
 
-class anomaly_checks:
-    """Where ``detect_anomaly`` plugs in; ``None`` outside it, so the hot path pays one test."""
+class _Anomaly(threading.local):
+    # Where ``detect_anomaly`` plugs in; None outside it, so the hot path pays one test.
+    detector: Any = None
 
-    active: Any = None
+
+_anomaly = _Anomaly()
+_LIBRARY_PACKAGES = ("microtensor", "nn")
+
+
+def _user_location() -> str:
+    """``file:line`` of the innermost caller outside microtensor and nn: the user's code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_PACKAGES:
+        frame = frame.f_back
+    return "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def next_position() -> int:
+    """A tape position later than every op recorded so far (marks in-place changes too)."""
+    return next(_tape_position)
 
 
 def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
@@ -218,21 +236,21 @@ def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
 
     Iterative, so arbitrarily long chains do not hit the recursion limit.
     """
-    seen: set[int] = set()
-    found: list[Tensor] = []
+    seen: set[Node] = set()
+    found: list[tuple[int, Tensor]] = []
     stack = [t for t in outputs if t._node is not None]
     while stack:
         t = stack.pop()
         node = t._node
-        if id(node) in seen:
+        if node in seen:
             continue
-        seen.add(id(node))
-        found.append(t)
+        seen.add(node)
+        found.append((node.position, t))
         for a in node.inputs:
-            if isinstance(a, Tensor) and a._node is not None and id(a._node) not in seen:
+            if isinstance(a, Tensor) and a._node is not None and a._node not in seen:
                 stack.append(a)
-    found.sort(key=lambda t: t._node.position, reverse=True)
-    return found
+    found.sort(reverse=True)  # positions are unique, so tensors are never compared
+    return [t for _, t in found]
 
 
 def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
@@ -288,11 +306,12 @@ def run_backward(
     for out, gradient in zip(outputs, gradients):
         _accumulate(grads, id(out), _root_gradient(out, gradient, create_graph))
     wanted = None if inputs is None else {id(t) for t in inputs}
-    order = recorded_nodes(outputs)
     captured: dict[int, Any] = {}
     leaves: dict[int, Tensor] = {}
-    with _SetGradModeTo(create_graph):
-        for t in order:
+    detector = _anomaly.detector
+    # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
+    with _SetGradModeTo(create_graph), np.errstate(all="ignore"):
+        for t in recorded_nodes(outputs):
             node = t._node
             if node.freed:
                 raise _freed_graph_error()
@@ -304,18 +323,21 @@ def run_backward(
                     captured[id(t)] = g
             elif t._retains_grad:
                 t.grad = _add_into(t.grad, g, t)
-            if create_graph:
-                out, args = t, node.inputs
-            else:
-                out = t.data
-                args = [a.data if isinstance(a, Tensor) else a for a in node.inputs]
+            out, args = (t, node.inputs) if create_graph else (t._data, node.arrays)
+            if t._modified_at > node.position:
+                raise _modified_error(node, t, "its output")
             for i, a in enumerate(node.inputs):
-                if not (isinstance(a, Tensor) and a.requires_grad):
+                if not isinstance(a, Tensor):
+                    continue
+                if a._modified_at > node.position:
+                    raise _modified_error(node, a, f"input {i}")
+                if not a.requires_grad:
                     continue
                 ga = node.op.vjps[i](g, out, *args, **node.params)
-                if anomaly_checks.active is not None:
-                    anomaly_checks.active.check_backward(node, i, ga)
-                ga = unbroadcast(ga, a.data.shape)
+                if detector is not None:
+                    detector.check_backward(node, i, ga)
+                if ga.shape != a._data.shape:
+                    ga = unbroadcast(ga, a._data.shape)
                 if a._node is None:
                     leaves[id(a)] = a
                 _accumulate(grads, id(a), ga)
@@ -329,6 +351,16 @@ def run_backward(
     for key, leaf in leaves.items():
         leaf.grad = _add_into(leaf.grad, grads[key], leaf)
     return None
+
+
+def _modified_error(node: Node, tensor: Tensor, role: str) -> RuntimeError:
+    label = f"{tensor.name!r} " if tensor.name else ""
+    return RuntimeError(
+        f"backward: {label}(shape {tensor.shape}), {role} of {node.op.name} (tape position "
+        f"{node.position}), was modified in place after the op used it, so its gradient "
+        f"would be wrong. Change tensors after backward (e.g. optimizer.step() after "
+        f"loss.backward()), or run the forward again after changing them."
+    )
 
 
 class _SetGradModeTo(_SetGradMode):
