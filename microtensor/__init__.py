@@ -33,6 +33,7 @@ from microtensor.ops import (
     reshape,
     sigmoid,
     softmax,
+    softmax_cross_entropy,
     sub,
     sum,
     tanh,
@@ -44,6 +45,6 @@ __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
     "detect_anomaly", "AnomalyError",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
-    "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
+    "log_softmax", "softmax", "softmax_cross_entropy", "sum", "mean", "max", "reshape", "transpose",
 ]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import itertools
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ContextDecorator
+from contextlib import ContextDecorator, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,10 +217,12 @@ def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
     leading = grad.ndim - len(shape)
     if leading < 0:
         raise ValueError(f"gradient of shape {grad.shape} cannot reduce to shape {shape}")
-    axes = tuple(range(leading)) + tuple(
-        leading + i for i, n in enumerate(shape) if n == 1 and grad.shape[leading + i] != 1
-    )
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+    if leading:
+        grad = grad.sum(axis=0 if leading == 1 else tuple(range(leading)))
+    if 1 not in shape or grad.shape == shape:
+        return grad
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=stretched, keepdims=True)
 
 
 def _freed_graph_error() -> RuntimeError:
@@ -255,15 +257,15 @@ def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
 
 def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
     if gradient is None:
-        if output.data.size != 1:
+        if output._data.size != 1:
             raise ValueError(
                 f"backward: grad can be implicitly created only for scalar outputs, but the "
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        gradient = np.ones_like(output.data)
+        gradient = np.ones_like(output._data)
     elif isinstance(gradient, Tensor):
-        gradient = gradient if create_graph else gradient.data
+        gradient = gradient if create_graph else gradient._data
     else:
         gradient = np.asarray(gradient, dtype=output.dtype)
     if gradient.shape != output.shape:
@@ -310,7 +312,8 @@ def run_backward(
     leaves: dict[int, Tensor] = {}
     detector = _anomaly.detector
     # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
-    with _SetGradModeTo(create_graph), np.errstate(all="ignore"):
+    # VJPs only record when handed Tensors, so grad mode matters only for create_graph.
+    with (enable_grad() if create_graph else nullcontext()), np.errstate(all="ignore"):
         for t in recorded_nodes(outputs):
             node = t._node
             if node.freed:
@@ -322,7 +325,7 @@ def run_backward(
                 if id(t) in wanted:
                     captured[id(t)] = g
             elif t._retains_grad:
-                t.grad = _add_into(t.grad, g, t)
+                t.grad = _add_into(t.grad, _as_gradient(g, t, create_graph), t)
             out, args = (t, node.inputs) if create_graph else (t._data, node.arrays)
             if t._modified_at > node.position:
                 raise _modified_error(node, t, "its output")
@@ -340,6 +343,8 @@ def run_backward(
                     ga = unbroadcast(ga, a._data.shape)
                 if a._node is None:
                     leaves[id(a)] = a
+                    if not create_graph and (ga is g or ga.base is not None):
+                        ga = ga.copy()  # a leaf's .grad never shares memory with another array
                 _accumulate(grads, id(a), ga)
             if not retain_graph:
                 node.freed = True
@@ -363,11 +368,6 @@ def _modified_error(node: Node, tensor: Tensor, role: str) -> RuntimeError:
     )
 
 
-class _SetGradModeTo(_SetGradMode):
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-
-
 def _as_gradient(grad: Any, t: Tensor, create_graph: bool) -> Any:
     """A gradient as handed to the user: the tensor's dtype, never aliasing another."""
     if grad is None:
@@ -380,8 +380,10 @@ def _as_gradient(grad: Any, t: Tensor, create_graph: bool) -> Any:
 
 
 def _add_into(current: Any, grad: Any, t: Tensor) -> Any:
-    fresh = _as_gradient(grad, t, isinstance(grad, Tensor))
-    return fresh if current is None else current + fresh
+    """``current + grad`` in ``t``'s dtype; ``grad`` is the caller's to hand over."""
+    if grad.dtype != t._data.dtype:
+        grad = grad.astype(t._data.dtype)
+    return grad if current is None else current + grad
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,34 @@ softmax = Op("softmax", _softmax,
              lambda g, out, x, axis=-1: out * (g - (g * out).sum(axis=axis, keepdims=True)))
 
 
+# -- softmax cross-entropy, fused: one node, and a backward of softmax minus the target ------
+def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+    if logits.ndim != 2 or target.shape not in (logits.shape[:1], logits.shape):
+        raise ValueError("logits must have shape (N, C) and target (N,) integer labels or "
+                         "(N, C) class probabilities")
+    logp = _log_softmax(logits)
+    if target.ndim == 1:
+        return -logp[np.arange(len(logits)), target].mean()
+    return -(target * logp).sum() / len(logits)
+
+
+def _cross_entropy_grad(g: Any, out: Any, logits: Any, target: Any) -> Any:
+    if isinstance(logits, np.ndarray) and target.ndim == 1:
+        # The training hot path: the same rule, computed in place on a fresh softmax.
+        grad = _softmax(logits)
+        grad[np.arange(len(target)), target] -= 1
+        grad *= g.item() / len(logits)
+        return grad
+    if target.ndim == 1:  # labels: the target distribution is their one-hot rows
+        labels, target = target, np.zeros(logits.shape, dtype=logits.dtype)
+        target[np.arange(len(labels)), labels] = 1
+    return (softmax.either(logits) - target) * (g / len(logits))
+
+
+softmax_cross_entropy = Op("softmax_cross_entropy", _cross_entropy, _cross_entropy_grad,
+                           lambda g, out, logits, target: log_softmax.either(logits) * (-g / len(logits)))
+
+
 # -- reductions ------------------------------------------------------------------------------
 def _kept_shape(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
     """The shape a reduction over ``axis`` has with keepdims=True."""
