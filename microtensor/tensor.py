@@ -65,10 +65,11 @@ class Tensor:
 
     @data.setter
     def data(self, value: Any) -> None:
-        value = np.asarray(value)
-        if self.requires_grad:
-            _check_differentiable_dtype(value.dtype, "Tensor.data")
-        self._data = value
+        if value is not self._data:  # `t.data -= x` assigns the same, updated, array back
+            value = np.asarray(value)
+            if self.requires_grad:
+                _check_differentiable_dtype(value.dtype, "Tensor.data")
+            self._data = value
         self._modified_at = autograd.next_position()
 
     @property
