@@ -8,7 +8,7 @@
 (2, 8)
 """
 
-from nn import functional
+from nn import functional, optim
 from nn.layers import Dropout, Linear, LogSoftmax, ReLU, Sigmoid, Tanh
 from nn.models import MLP, ThreeLayerNet, TwoLayerNet
 from nn.module import Module, Parameter, Sequential, StateDictError
@@ -16,5 +16,5 @@ from nn.module import Module, Parameter, Sequential, StateDictError
 __all__ = [
     "Module", "Parameter", "Sequential", "StateDictError",
     "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout", "LogSoftmax",
-    "TwoLayerNet", "ThreeLayerNet", "MLP", "functional",
+    "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim",
 ]
