@@ -21,6 +21,7 @@ from microtensor.ops import (
     add,
     div,
     exp,
+    linear,
     log,
     log_softmax,
     matmul,
@@ -44,7 +45,7 @@ from microtensor.tensor import Tensor
 __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
     "detect_anomaly", "AnomalyError",
-    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
+    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log", "linear",
     "log_softmax", "softmax", "softmax_cross_entropy", "sum", "mean", "max", "reshape", "transpose",
 ]
 __version__ = "0.1.0"

@@ -109,13 +109,14 @@ def is_grad_enabled() -> bool:
 class Node:
     """One recorded op application: what backward needs to send gradients to the inputs."""
 
-    __slots__ = ("op", "inputs", "arrays", "params", "position", "freed", "scope", "origin")
+    __slots__ = ("op", "inputs", "arrays", "params", "saved", "position", "freed", "scope", "origin")
 
-    def __init__(self, op: Op, inputs: tuple, arrays: list, params: dict) -> None:
+    def __init__(self, op: Op, inputs: tuple, arrays: list, params: dict, saved: Any) -> None:
         self.op = op
         self.inputs = inputs  # Tensors, or raw constants (Python scalars, ndarrays)
         self.arrays = arrays  # the inputs' arrays, as the first-order VJPs take them
         self.params = params  # non-differentiable arguments such as axis
+        self.saved = saved  # what a ``saves=True`` op's forward kept for its VJPs
         self.position = next(_tape_position)  # execution order; also a topological order
         self.freed = False
         self.scope = _scopes.current  # e.g. ("TwoLayerNet", "fc1"), for grouping in pictures
@@ -134,18 +135,25 @@ class Op:
     ``create_graph=True``, so a VJP is written with operators and methods that both
     share. Gradients are summed back to each input's shape by the tape, not the VJP.
 
+    An op whose derivative needs a value its forward computed anyway (the softmax inside
+    a cross-entropy, say) is made with ``saves=True``: its forward returns
+    ``(out, saved)``, and on the first-order path its VJPs get ``saved=`` as a keyword.
+    Under ``create_graph`` they get no ``saved`` and recompute, so the value is differentiated.
+
     >>> double = Op("double", lambda x: 2 * x, lambda g, out, x: 2 * g)
     >>> double(Tensor([1.0, 2.0])).data
     array([2., 4.])
     """
 
-    __slots__ = ("name", "forward", "vjps", "differentiable")
+    __slots__ = ("name", "forward", "vjps", "differentiable", "saves")
 
-    def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any]):
+    def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any],
+                 saves: bool = False):
         self.name = name
         self.forward = forward
         self.vjps = vjps
         self.differentiable = bool(vjps)
+        self.saves = saves
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -156,6 +164,9 @@ class Op:
             out = self.forward(*arrays, **params)
         except (ValueError, TypeError, IndexError) as err:
             raise type(err)(f"{self.name}: {err} (input shapes: {_shapes(args)})") from None
+        saved = None
+        if self.saves:
+            out, saved = out
         if type(out) is not np.ndarray:
             out = np.asarray(out)
         result = Tensor.__new__(Tensor)
@@ -170,7 +181,7 @@ class Op:
             for a in args:
                 if isinstance(a, Tensor) and a.requires_grad:
                     result.requires_grad = True
-                    result._node = Node(self, args, arrays, params)
+                    result._node = Node(self, args, arrays, params, saved)
                     break
         if _anomaly.detector is not None:
             _anomaly.detector.check_forward(self, result, args)
@@ -181,7 +192,8 @@ class Op:
         for a in args:
             if isinstance(a, Tensor):
                 return self(*args, **params)
-        return self.forward(*args, **params)
+        out = self.forward(*args, **params)
+        return out[0] if self.saves else out
 
 
 class _Anomaly(threading.local):
@@ -326,7 +338,11 @@ def run_backward(
                     captured[id(t)] = g
             elif t._retains_grad:
                 t.grad = _add_into(t.grad, _as_gradient(g, t, create_graph), t)
-            out, args = (t, node.inputs) if create_graph else (t._data, node.arrays)
+            if create_graph:
+                out, args, params = t, node.inputs, node.params
+            else:
+                out, args = t._data, node.arrays
+                params = node.params if node.saved is None else {**node.params, "saved": node.saved}
             if t._modified_at > node.position:
                 raise _modified_error(node, t, "its output")
             for i, a in enumerate(node.inputs):
@@ -336,7 +352,7 @@ def run_backward(
                     raise _modified_error(node, a, f"input {i}")
                 if not a.requires_grad:
                     continue
-                ga = node.op.vjps[i](g, out, *args, **node.params)
+                ga = node.op.vjps[i](g, out, *args, **params)
                 if detector is not None:
                     detector.check_backward(node, i, ga)
                 if ga.shape != a._data.shape:
@@ -348,6 +364,7 @@ def run_backward(
                 _accumulate(grads, id(a), ga)
             if not retain_graph:
                 node.freed = True
+                node.saved = None
     if wanted is not None:
         for key in wanted:
             if key in grads:  # a leaf, or a tensor no recorded op consumed
