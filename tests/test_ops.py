@@ -295,3 +295,37 @@ def test_softmax_cross_entropy_matches_pytorch(kind, rng):
     t_loss.backward()
     assert loss.item() == pytest.approx(t_loss.item(), rel=1e-12)
     np.testing.assert_allclose(logits.grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# -- linear: x @ W + b as one node -------------------------------------------------------------
+@pytest.mark.parametrize("x_shape", [(5, 3), (3,), (2, 5, 3)], ids=str)
+def test_linear_gradients_match_finite_differences(x_shape, rng):
+    x_val, w_val, b_val = rng.standard_normal(x_shape), rng.standard_normal((3, 4)), rng.standard_normal(4)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (x_val, w_val, b_val))
+    out = mt.linear(x, w, b)
+    reference = lambda x, w, b: x @ w + b
+    np.testing.assert_allclose(out.data, reference(x_val, w_val, b_val), rtol=1e-12)
+    upstream = rng.standard_normal(out.shape)
+    out.backward(upstream)
+    for tensor, expected in zip((x, w, b), numeric_vjp(reference, [x_val, w_val, b_val], upstream)):
+        np.testing.assert_allclose(tensor.grad, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_linear_with_a_bias_of_another_dtype_promotes_like_numpy():
+    x = Tensor(np.ones((2, 3), dtype=np.float32))
+    w = Tensor(np.ones((3, 2), dtype=np.float32), requires_grad=True)
+    out = mt.linear(x, w, np.array([0.5, 0.25]))  # a float64 bias
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out.data, [[3.5, 3.25], [3.5, 3.25]])
+
+
+@requires_torch
+def test_linear_matches_pytorch(rng):
+    x_val, w_val, b_val = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)), rng.standard_normal(4)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (x_val, w_val, b_val))
+    tx, tw, tb = (torch.tensor(v, requires_grad=True) for v in (x_val, w_val, b_val))
+    upstream = rng.standard_normal((5, 4))
+    mt.linear(x, w, b).backward(upstream)
+    torch.nn.functional.linear(tx, tw.T, tb).backward(torch.tensor(upstream))
+    for mine, theirs in ((x, tx), (w, tw), (b, tb)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
