@@ -21,8 +21,15 @@ def _array(x: Any) -> np.ndarray:
     return x.data if isinstance(x, mt.Tensor) else np.asarray(x)
 
 
+def _check_not_empty(x: Any, where: str, what: str) -> None:
+    if np.size(x) == 0:
+        raise ValueError(f"{where}: {what} of shape {np.shape(x)} are empty; a mean loss over no "
+                         f"examples is undefined (check how the batch was sliced)")
+
+
 def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> np.ndarray:
     """``y`` as int labels (N,) or rows of class probabilities (N, C), checked against (N, C)."""
+    _check_not_empty(inputs, where, what)
     target = _array(y)
     shape = inputs.shape
     if target.ndim == 1 and target.dtype.kind in "iu":
@@ -76,6 +83,7 @@ def mse_loss(pred: Any, target: Any) -> mt.Tensor:
     if np.shape(_array(pred)) != np.shape(_array(target)):
         raise ValueError(f"mse_loss: pred has shape {np.shape(_array(pred))} but target has shape "
                          f"{np.shape(_array(target))}; they must match")
+    _check_not_empty(_array(pred), "mse_loss", "predictions")
     diff = mt.sub(pred, target)
     return (diff * diff).mean()
 
