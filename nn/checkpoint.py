@@ -42,6 +42,8 @@ def save(model: Module, path: PathLike) -> None:
     >>> save(nn.Linear(2, 2), Path(tempfile.mkdtemp()) / "linear.npz")
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"nn.save: cannot write {path}: the directory {path.parent} does not exist")
     state = model.state_dict()
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -101,8 +103,8 @@ def load(model: Module, path: PathLike) -> Module:
     try:
         model.load_state_dict(state)
     except StateDictError as err:
-        detail = str(err).split(": ", 1)[-1]
-        raise CheckpointError(f"nn.load: {path} does not fit {type(model).__name__}: {detail}") from None
+        problems = "; ".join(err.problems)
+        raise CheckpointError(f"nn.load: {path} does not fit {type(model).__name__}: {problems}") from None
     return model
 
 

@@ -218,5 +218,10 @@ def test_loading_a_missing_file_names_it(tmp_path):
         nn.load(nn.TwoLayerNet(3, 4, 2), tmp_path / "absent.npz")
 
 
+def test_saving_into_a_missing_directory_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nn.save: cannot write .*directory .*nowhere does not exist"):
+        nn.save(nn.Linear(2, 2), tmp_path / "nowhere" / "model.npz")
+
+
 def test_checkpoint_errors_are_value_errors():
     assert issubclass(checkpoint.CheckpointError, ValueError)

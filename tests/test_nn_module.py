@@ -94,9 +94,7 @@ def test_forward_of_the_base_class_is_not_implemented():
 def test_ops_in_a_child_carry_the_root_class_and_the_attribute_name_as_scope():
     model = nn.TwoLayerNet(2, 3, 2, seed=0)
     out = model(np.ones((1, 2), dtype=np.float32))
-    scopes = recorded_scopes(out)
-    assert ("TwoLayerNet", "fc1") in scopes and ("TwoLayerNet", "fc2") in scopes
-    assert ("TwoLayerNet", "relu") in scopes
+    assert recorded_scopes(out) == {("TwoLayerNet", "fc1"), ("TwoLayerNet", "relu"), ("TwoLayerNet", "fc2")}
 
 
 def test_sequential_children_are_scoped_by_their_index():
