@@ -205,7 +205,9 @@ class Module:
         """
         arrays = self._checked_state(state)
         for name, parameter in self.named_parameters():
-            np.copyto(parameter.data, arrays[name])
+            data = parameter.data
+            np.copyto(data, arrays[name])
+            parameter.data = data  # marks the change for the tape, as an optimizer step does
 
     def _checked_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         own = dict(self.named_parameters())

@@ -154,6 +154,14 @@ def test_load_state_dict_round_trip_restores_every_array_in_place():
     assert target.fc2.weight is weight_object
 
 
+def test_backward_through_a_graph_recorded_before_load_state_dict_is_refused():
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    stale = model(np.ones((1, 2), np.float32)).sum()
+    model.load_state_dict(nn.TwoLayerNet(2, 3, 2, seed=1).state_dict())
+    with pytest.raises(RuntimeError, match="in place"):
+        stale.backward()
+
+
 def _mangled(state, key, value):
     state = dict(state)
     state[key] = value
