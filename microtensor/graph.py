@@ -38,7 +38,7 @@ STYLES: dict[str, dict[str, str]] = {
     "input": {"shape": "box", "style": "filled", "fillcolor": "#fff9c4"},
     "constant": {"shape": "plaintext", "width": "0", "height": "0", "margin": "0.03",
                  "fontsize": "9", "fontcolor": "#616161"},
-    "module": {"shape": "box3d", "style": "filled", "fillcolor": "#e1bee7"},
+    "module": {"shape": "box3d", "style": "filled", "fillcolor": "#e1bee7", "margin": "0.15,0.08"},
 }
 ALARM = {"style": "filled", "fillcolor": "#ef9a9a", "color": "#b71c1c", "penwidth": "3"}
 CLUSTER = {"style": "rounded,dashed", "color": "#9e9e9e", "fontcolor": "#424242"}
@@ -284,15 +284,15 @@ def _body(nodes: list[_Node], edges: list[_Edge]) -> list[str]:
     """DOT statements: nodes nested in one cluster per module scope, then the edges."""
     place = _placements(nodes, edges)
     members: dict[tuple[str, ...], list[_Node]] = {}
-    children: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    children: dict[tuple[str, ...], dict[tuple[str, ...], None]] = {}  # ordered sets
     for node in nodes:
         scope = place[node]
         members.setdefault(scope, []).append(node)
         for depth in range(len(scope), 0, -1):  # register the scope and any new ancestors
-            siblings = children.setdefault(scope[:depth - 1], [])
+            siblings = children.setdefault(scope[:depth - 1], {})
             if scope[:depth] in siblings:
                 break
-            siblings.append(scope[:depth])
+            siblings[scope[:depth]] = None
     lines = [_node_statement(node, "\t") for node in members.get((), [])]
     stack = [iter(children.get((), []))]
     clusters = 0
@@ -382,17 +382,12 @@ def draw_graph(
     )
 
 
-def to_dot(
-    output: Tensor,
-    params: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None = None,
-    show_grad: bool = False,
-    rankdir: str = "LR",
-    report: Any = None,
-    collapse: bool | int = False,
-) -> str:
+def to_dot(output: Tensor, **options: Any) -> str:
     """The DOT source of :func:`draw_graph`'s picture; needs no Graphviz program.
 
-    The same graph gives the same text in every run, so it can be kept in a file and compared.
+    ``options`` are :func:`draw_graph`'s (``params``, ``show_grad``, ``rankdir``, ``report``,
+    ``collapse``). The same graph gives the same text in every run, so it can be kept in a
+    file and compared.
 
     >>> x = Tensor([3.0], requires_grad=True, name="x")
     >>> y = x * 2
@@ -407,7 +402,7 @@ def to_dot(
     const0 -> op0
     }
     """
-    return draw_graph(output, params, show_grad, rankdir, report, collapse).source
+    return draw_graph(output, **options).source
 
 
 def render_graph(output: Tensor, path: str | os.PathLike[str], **options: Any) -> Path:
