@@ -16,6 +16,7 @@ from microtensor.autograd import (
     scope,
     tape,
 )
+from microtensor.check import GradReport, check_manual, compare_grads, gradcheck, numerical_grad
 from microtensor.ops import (
     add,
     div,
@@ -43,5 +44,6 @@ __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
     "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
+    "numerical_grad", "gradcheck", "compare_grads", "check_manual", "GradReport",
 ]
 __version__ = "0.1.0"
