@@ -16,6 +16,7 @@ from microtensor.autograd import (
     scope,
     tape,
 )
+from microtensor.check import GradReport, check_manual, compare_grads, gradcheck, numerical_grad
 from microtensor.graph import draw_graph, render_graph, to_dot
 from microtensor.ops import (
     add,
@@ -44,6 +45,7 @@ __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
     "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
+    "numerical_grad", "gradcheck", "compare_grads", "check_manual", "GradReport",
     "to_dot", "draw_graph", "render_graph",
 ]
 __version__ = "0.1.0"
