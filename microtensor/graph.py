@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import os
+import textwrap
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,10 +41,13 @@ STYLES: dict[str, dict[str, str]] = {
                  "fontsize": "9", "fontcolor": "#616161"},
     "module": {"shape": "box3d", "style": "filled", "fillcolor": "#e1bee7", "margin": "0.15,0.08"},
 }
+# A mismatching gradient in red; in orange when a mismatch downstream may be its cause.
 ALARM = {"style": "filled", "fillcolor": "#ef9a9a", "color": "#b71c1c", "penwidth": "3"}
+INHERITED = {"style": "filled", "fillcolor": "#ffe0b2", "color": "#e65100", "penwidth": "2"}
 CLUSTER = {"style": "rounded,dashed", "color": "#9e9e9e", "fontcolor": "#424242"}
 RENDERED_FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 MODULE_OPS_LISTED = 4
+DIAGNOSIS_WIDTH = 40  # characters per line of a diagnosis in a label
 
 INSTALL_HINT = (
     "Install Graphviz: `sudo apt install graphviz` (Debian/Ubuntu), `brew install graphviz` "
@@ -63,7 +67,8 @@ class _Node:
     scope: tuple[str, ...] = ()
     op: str = ""  # for op nodes: the op's name and its output's shape line, for module summaries
     shape: str = ""
-    verdict: str = ""  # the checking report's line for a mismatching tensor
+    verdict: str = ""  # the checking report's diagnosis of a mismatching gradient, escaped
+    inherited: bool = False  # another mismatching tensor lies downstream of this one
     members: list[_Node] = field(default_factory=list)  # the ops a module node stands for
 
 
@@ -103,6 +108,12 @@ def _op_params(params: dict[str, Any]) -> str:
                      if v is not None and v is not False)
 
 
+def _wrapped(text: str) -> list[str]:
+    """Long diagnoses as lines of a readable width; the writer's own line breaks are kept."""
+    return [part for line in text.split("\n") for part in
+            textwrap.wrap(line, DIAGNOSIS_WIDTH, expand_tabs=False, replace_whitespace=False) or [""]]
+
+
 def _grad_line(grad: Any) -> str:
     if grad is None:
         return "<i>grad: none</i>"
@@ -127,6 +138,7 @@ def _parameter_names(params: Any) -> dict[int, str]:
 
 
 def _report_rows(report: Any) -> dict[str, Any]:
+    """A ``GradReport``'s rows by name (any object with ``rows`` of ``name``, ``ok``, ``diagnosis``)."""
     if report is None:
         return {}
     return {str(row.name): row for row in report.rows}
@@ -136,10 +148,10 @@ class _Picture:
     """The nodes and edges of one drawing, collected in a single walk over the tape."""
 
     def __init__(self, output: Tensor, names: dict[int, str], show_grad: bool,
-                 rows: dict[str, Any]) -> None:
+                 report: Any) -> None:
         self.names = names
         self.show_grad = show_grad
-        self.rows = rows
+        self.rows = _report_rows(report)
         self.default_dtype = output.dtype
         self.nodes: list[_Node] = []
         self.edges: list[_Edge] = []
@@ -207,10 +219,21 @@ class _Picture:
             return
         if row.ok:
             node.lines.append('<font color="#1b5e20">gradient matches</font>')
-        else:
-            diagnosis = _text(row.diagnosis or "gradient mismatch")
-            node.verdict = f'<font color="#b71c1c"><b>{diagnosis}</b></font>'
-            node.lines.append(node.verdict)
+            return
+        node.verdict = "<br/>".join(_text(line) for line in _wrapped(str(row.diagnosis or "mismatch")))
+
+    def mark_inherited(self) -> None:
+        """Flag mismatches with another mismatch downstream: the error may only flow from there.
+
+        Edges are listed in tape order of their targets, so walking them backwards settles
+        everything downstream of a node before the edges into it.
+        """
+        tainted: set[_Node] = set()
+        for edge in reversed(self.edges):
+            if edge.target.verdict or edge.target in tainted:
+                tainted.add(edge.source)
+        for node in tainted:
+            node.inherited = bool(node.verdict)
 
 
 def _collapse(nodes: list[_Node], edges: list[_Edge], depth: bool | int) -> tuple[list[_Node], list[_Edge]]:
@@ -250,7 +273,7 @@ def _module_label(module: _Node) -> list[str]:
     count = len(module.members)
     lines = [f"<b>{_text(module.scope[-1])}</b>", _text(f"{count} op{'s' * (count != 1)}: {listed}"),
              module.members[-1].shape]
-    return lines + [member.verdict for member in module.members if member.verdict]
+    return lines
 
 
 def _placements(nodes: list[_Node], edges: list[_Edge]) -> dict[_Node, tuple[str, ...]]:
@@ -275,9 +298,18 @@ def _attributes(values: dict[str, str]) -> str:
 
 
 def _node_statement(node: _Node, indent: str) -> str:
-    alarmed = node.verdict or any(member.verdict for member in node.members)
-    style = STYLES[node.kind] | (ALARM if alarmed else {})
-    return f"{indent}{node.id} [label=<{'<br/>'.join(node.lines)}> {_attributes(style)}]"
+    flagged = [n for n in (node, *node.members) if n.verdict]
+    lines = node.lines + [_verdict_line(n) for n in flagged]
+    style = STYLES[node.kind]
+    if flagged:
+        style = style | (INHERITED if all(n.inherited for n in flagged) else ALARM)
+    return f"{indent}{node.id} [label=<{'<br/>'.join(lines)}> {_attributes(style)}]"
+
+
+def _verdict_line(node: _Node) -> str:
+    colour = (INHERITED if node.inherited else ALARM)["color"]
+    return f'<font color="{colour}"><b>{node.verdict}</b></font>'
+
 
 
 def _body(nodes: list[_Node], edges: list[_Edge]) -> list[str]:
@@ -357,8 +389,9 @@ def draw_graph(
     green. Ops that ran inside ``mt.scope`` (every ``nn`` module) are grouped in one
     labelled cluster per module.
 
-    ``show_grad``: add each gradient's norm (after backward). ``report``: a ``GradReport``;
-    tensors whose rows mismatch are drawn in red with the diagnosis. ``collapse``: draw one
+    ``show_grad``: add each gradient's norm (after backward). ``report``: a ``GradReport``
+    (e.g. from ``mt.check_manual``); tensors whose rows mismatch carry the diagnosis and are
+    red, or orange when a mismatching tensor downstream may be the cause. ``collapse``: one
     node per module (True: per innermost module; an int: per module that many names deep).
 
     >>> W = Tensor([[1.0, 2.0]], requires_grad=True, name="W")
@@ -367,9 +400,9 @@ def draw_graph(
     ('Digraph', 4)
     """
     _check_options(output, rankdir, collapse)
-    rows = _report_rows(report)
-    picture = _Picture(output, _parameter_names(params), show_grad, rows)
-    _check_report_names(rows, picture.names_drawn)
+    picture = _Picture(output, _parameter_names(params), show_grad, report)
+    _check_report_names(picture.rows, picture.names_drawn)
+    picture.mark_inherited()
     nodes, edges = picture.nodes, picture.edges
     if collapse:
         nodes, edges = _collapse(nodes, edges, collapse)

@@ -356,6 +356,32 @@ def test_a_collapsed_module_shows_the_diagnosis_of_a_tensor_inside_it():
     assert text.endswith("sign flipped") and "#ef9a9a" in attrs
 
 
+def test_a_mismatch_with_another_mismatch_downstream_is_drawn_in_orange_as_possibly_inherited():
+    x = Tensor([1.0], requires_grad=True, name="x")
+    w = Tensor([2.0], requires_grad=True, name="w")
+    h = (x * w).named("h")
+    source = mt.to_dot(h.tanh().sum(), report=failing_report(h="sign flipped", x="sign flipped", w=""))
+    assert 'fillcolor="#ef9a9a"' in node_named(source, "h")[2]
+    assert 'fillcolor="#ffe0b2"' in node_named(source, "x")[2]
+    assert "#ffe0b2" not in node_named(source, "w")[2] and "#ef9a9a" not in node_named(source, "w")[2]
+
+
+def test_a_check_manual_report_marks_the_wrong_step_red_and_what_follows_from_it_orange():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((4, 3))
+    W = Tensor(rng.standard_normal((3, 2)), requires_grad=True, name="W")
+    y = np.array([0, 1, 1, 0])
+    scores = (X @ W).named("scores")
+    loss = -scores.log_softmax()[np.arange(4), y].mean()
+    p = np.exp(scores.data) / np.exp(scores.data).sum(axis=1, keepdims=True)
+    dscores = p - np.eye(2)[y]  # the bug: the 1/N of the mean is missing
+    report = mt.check_manual(loss, {"scores": dscores, "W": X.T @ dscores})
+    source = mt.to_dot(loss, report=report)
+    _, text, attrs = node_named(source, "scores")
+    assert 'fillcolor="#ef9a9a"' in attrs and "1/N" in text
+    assert 'fillcolor="#ffe0b2"' in node_named(source, "W")[2]
+
+
 def test_a_mismatching_row_that_names_no_tensor_in_the_graph_is_an_error():
     W = Tensor([1.0], requires_grad=True)
     with pytest.raises(ValueError, match=r"\['fc1.weight'\].*params=model.named_parameters"):
