@@ -65,7 +65,7 @@ class _Node:
     kind: str
     lines: list[str]  # HTML-label lines, already escaped
     scope: tuple[str, ...] = ()
-    op: str = ""  # for op nodes: the op's name and its output's shape line, for module summaries
+    op: str = ""  # an op node's op name and output shape line, kept for module summaries
     shape: str = ""
     verdict: str = ""  # the checking report's diagnosis of a mismatching gradient, escaped
     inherited: bool = False  # another mismatching tensor lies downstream of this one
@@ -169,8 +169,9 @@ class _Picture:
         name = self.names.get(id(t)) or t.name
         op = _text(node.op.name)
         lines = [f"<b>{_text(name)}</b>", f"#{number} {op}"] if name else [f"#{number} <b>{op}</b>"]
-        if _op_params(node.params):
-            lines.append(_text(_op_params(node.params)))
+        settings = _op_params(node.params)
+        if settings:
+            lines.append(_text(settings))
         # The output's dtype is always shown: it is the default every other node is compared to.
         lines.append(_shape_line(t.shape, t.dtype, None if is_output else self.default_dtype))
         drawn = _Node(f"op{number}", "output" if is_output else "op", lines, node.scope,
@@ -271,9 +272,8 @@ def _module_label(module: _Node) -> list[str]:
     names = list(dict.fromkeys(member.op for member in module.members))
     listed = ", ".join(names[:MODULE_OPS_LISTED]) + (", ..." if len(names) > MODULE_OPS_LISTED else "")
     count = len(module.members)
-    lines = [f"<b>{_text(module.scope[-1])}</b>", _text(f"{count} op{'s' * (count != 1)}: {listed}"),
-             module.members[-1].shape]
-    return lines
+    return [f"<b>{_text(module.scope[-1])}</b>", _text(f"{count} op{'s' * (count != 1)}: {listed}"),
+            module.members[-1].shape]
 
 
 def _placements(nodes: list[_Node], edges: list[_Edge]) -> dict[_Node, tuple[str, ...]]:
@@ -309,7 +309,6 @@ def _node_statement(node: _Node, indent: str) -> str:
 def _verdict_line(node: _Node) -> str:
     colour = (INHERITED if node.inherited else ALARM)["color"]
     return f'<font color="{colour}"><b>{node.verdict}</b></font>'
-
 
 
 def _body(nodes: list[_Node], edges: list[_Edge]) -> list[str]:

@@ -70,12 +70,13 @@ def failing_report(**diagnoses):
 # -- nodes and edges ----------------------------------------------------------------------
 def test_one_node_per_recorded_op_and_per_leaf_tensor_and_per_constant(rng):
     loss, leaves = small_net(rng)
-    nodes = nodes_of(mt.to_dot(loss))
+    out = loss * 0.5 + 1.0
+    nodes = nodes_of(mt.to_dot(out))
     ops = [i for i in nodes if i.startswith("op")]
-    assert len(ops) == len(mt.tape(loss))
+    assert len(ops) == len(mt.tape(out))
     assert sorted(i for i in nodes if i.startswith("leaf")) == [f"leaf{k}" for k in range(len(leaves))]
-    assert len([i for i in nodes if i.startswith("const")]) == 0  # no Python scalar in this graph
-    assert len(nodes) == len(ops) + len(leaves)
+    assert sorted(i for i in nodes if i.startswith("const")) == ["const0", "const1"]
+    assert len(nodes) == len(ops) + len(leaves) + 2
 
 
 def test_op_nodes_are_numbered_in_tape_order_like_the_tape_listing(rng):
@@ -481,6 +482,18 @@ def test_a_failed_render_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         mt.render_graph(x.exp(), path)
     assert path.read_text() == "previous picture" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_when_dot_fails_the_error_shows_its_message_and_no_file_is_written(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "dot"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Error: out of memory' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    x = Tensor([1.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"render_graph: Graphviz's dot failed .*out of memory"):
+        mt.render_graph(x.exp(), tmp_path / "g.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["bin"]
 
 
 @requires_dot
