@@ -310,6 +310,47 @@ def _projections(f, out, leaves, numeric_args, arrays, eps, rng) -> list[tuple[n
     return list(zip(numeric, by_tape))
 
 
+def _op_input_row(t: Tensor, i: int, graph: _Graph, g: np.ndarray, eps: float, atol: float,
+                  rtol: float) -> GradRow:
+    """One recorded op's backward rule for input ``i``, alone, against finite differences of its
+    forward at the values it saw, for the upstream gradient ``g``."""
+    node = t._node
+    values = [_value(a) for a in node.inputs]
+
+    def forward_with(x: np.ndarray) -> Any:
+        return np.sum(node.op.forward(*values[:i], x, *values[i + 1:], **node.params) * g)
+
+    (numeric,) = numerical_grad(forward_with, [np.asarray(values[i], dtype=np.float64)], eps)
+    by_rule = unbroadcast(node.op.vjps[i](g, t.data, *values, **node.params), np.shape(values[i]))
+    use = dataclasses.replace(graph.step(t), index=i, grad_output=g, rest=np.zeros(np.shape(values[i])))
+    context = Context(label=use.labels[i], uses=(use,), batch_size=graph.batch_size)
+    return compare_row(use.labels[i], numeric, by_rule, atol, rtol, context)
+
+
+def _diagnose_ops(out: Tensor, leaves: Sequence[Tensor], rows: dict[int, GradRow], rng: np.random.Generator,
+                  eps: float, atol: float, rtol: float) -> dict[int, GradRow]:
+    """Name the op whose backward rule is wrong, in each wrong row: every op on the tape is
+    checked alone, and a row gets the wrong op closest to the output that it depends on."""
+    graph = _Graph(out)
+    wrong_ops = []
+    for t in recorded_nodes([out]):  # closest to the output first
+        g = rng.standard_normal(t.shape)
+        step = graph.step(t)
+        for i, a in enumerate(t._node.inputs):
+            if isinstance(a, Tensor) and a.requires_grad and a.size <= _FULL_JACOBIAN_LIMIT[1]:
+                row = _op_input_row(t, i, graph, g, eps, atol, rtol)
+                if not row.ok:
+                    line = f"{graph.labels[id(t)]} = {step.op}({', '.join(step.labels)})"
+                    wrong_ops.append((t, f"the backward rule of {step.op} in `{line}` is wrong for its "
+                                         f"input {row.name}: it {row.diagnosis}"))
+    diagnosed = dict(rows)
+    for leaf in leaves:
+        culprits = [sentence for t, sentence in wrong_ops if id(leaf) in graph.ancestors(t)]
+        if not rows[id(leaf)].ok and culprits:
+            diagnosed[id(leaf)] = dataclasses.replace(rows[id(leaf)], diagnosis=culprits[0])
+    return diagnosed
+
+
 def _backward_order(output: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
     """``tensors`` in the order backward finishes their gradients: closest to the output first.
 
@@ -359,6 +400,8 @@ def gradcheck(f: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6, a
     else:
         raise ValueError(f"gradcheck: mode must be 'auto', 'full' or 'projection', got {mode!r}")
     by_leaf = {id(leaf): compare_row(leaf.name, e, a, atol, rtol) for leaf, (e, a) in zip(leaves, pairs)}
+    if not all(row.ok for row in by_leaf.values()):
+        by_leaf = _diagnose_ops(out, leaves, by_leaf, rng, eps, atol, rtol)
     rows, first_wrong = _mark_first_wrong([by_leaf[id(t)] for t in _backward_order(out, leaves)])
     checks = _contract_checks(out, leaves, originals, rng, atol, rtol)
     return GradReport(rows, first_wrong, checks, f"gradcheck ({mode})", atol, rtol)
@@ -476,16 +519,30 @@ class _Graph:
                     tuple(self.labels.get(id(a), repr(a)) for a in node.inputs), t.data, node.params)
 
     def uses(self, t: Tensor, grads: Mapping[int, Any]) -> tuple[Step, ...]:
+        """The ops that used ``t``, each with the share of ``t``'s tape gradient from other paths."""
         steps = []
+        total = _gradient(grads, t)
         for user, i in self.users.get(id(t), []):
             g = grads.get(id(user))
             if g is None:
                 continue
             node, values = user._node, tuple(_value(a) for a in user._node.inputs)
-            contribution = unbroadcast(node.op.vjps[i](g, user.data, *values, **node.params), t.shape)
-            steps.append(dataclasses.replace(self.step(user), index=i, grad_output=g,
-                                             contribution=np.asarray(contribution, dtype=np.float64)))
+            through = unbroadcast(node.op.vjps[i](g, user.data, *values, **node.params), t.shape)
+            steps.append(dataclasses.replace(self.step(user), index=i, grad_output=g, rest=total - through))
         return tuple(steps)
+
+    def contexts(self, tensors: Sequence[Tensor], upstream: Any) -> tuple[dict[int, Any], dict[int, Context]]:
+        """The tape's gradients of ``tensors`` for ``upstream``, and what the diagnosis may know
+        about each: its value, the op that made it, the ops that used it, N, the other tensors."""
+        users = [u for t in tensors for u, _ in self.users.get(id(t), [])]
+        wanted = list({id(t): t for t in [*tensors, *users]}.values())
+        grads = dict(zip(map(id, wanted),
+                         grad(self.output, wanted, grad_outputs=upstream, retain_graph=True)))
+        values = {self.labels[key]: t.data for key, t in self.tensors.items() if t.dtype.kind == "f"}
+        contexts = {id(t): Context(label=self.labels[id(t)], value=t.data, is_parameter=t.is_leaf,
+                                   producer=None if t.is_leaf else self.step(t), uses=self.uses(t, grads),
+                                   batch_size=self.batch_size, tensors=values) for t in tensors}
+        return grads, contexts
 
     def ancestors(self, t: Tensor) -> set[int]:
         seen: set[int] = set()
@@ -501,6 +558,11 @@ class _Graph:
 
 def _value(a: Any) -> Any:
     return a.data if isinstance(a, Tensor) else a
+
+
+def _gradient(grads: Mapping[int, Any], t: Tensor) -> np.ndarray:
+    g = grads.get(id(t))
+    return np.zeros(t.shape) if g is None else np.asarray(g, dtype=np.float64)
 
 
 def _batch_size(nodes: list[Tensor]) -> int | None:
@@ -534,17 +596,9 @@ def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, 
     """
     graph = _Graph(output)
     tensors = _backward_order(output, [graph.named(name) for name in manual])
-    users = [u for t in tensors for u, _ in graph.users.get(id(t), [])]
-    wanted = list({id(t): t for t in [*tensors, *users]}.values())
-    grads = dict(zip(map(id, wanted), grad(output, wanted, grad_outputs=gradient, retain_graph=True)))
-    values = {graph.labels[key]: t.data for key, t in graph.tensors.items() if t.dtype.kind == "f"}
-    rows = []
-    for t in tensors:
-        expected = grads[id(t)] if grads[id(t)] is not None else np.zeros(t.shape)
-        context = Context(label=t.name, value=t.data, is_parameter=t.is_leaf,
-                          producer=None if t.is_leaf else graph.step(t), uses=graph.uses(t, grads),
-                          batch_size=graph.batch_size, tensors=values)
-        rows.append(compare_row(t.name, expected, manual[t.name], atol, rtol, context))
+    grads, contexts = graph.contexts(tensors, gradient)
+    rows = [compare_row(t.name, _gradient(grads, t), manual[t.name], atol, rtol, contexts[id(t)])
+            for t in tensors]
     rows, first_wrong = _mark_first_wrong(rows)
     rows = _note_inherited(rows, tensors, graph)
     return GradReport(rows, first_wrong, title="check_manual", atol=atol, rtol=rtol)

@@ -26,8 +26,8 @@ class Step:
     """One recorded op next to a tensor, as the tape saw it in the forward pass.
 
     For the op that *used* the tensor (a use), ``index`` says which input the tensor was,
-    ``grad_output`` is the tape's gradient of the op's output, and ``contribution`` the part
-    of the tensor's gradient that flows back through this op by the tape's own rule.
+    ``grad_output`` is the tape's gradient of the op's output, and ``rest`` the tape's gradient
+    of the tensor minus what flows back through this op: the share of every other path.
     """
 
     op: str
@@ -37,7 +37,7 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     index: int = -1
     grad_output: np.ndarray | None = None
-    contribution: np.ndarray | None = None
+    rest: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,10 @@ class Evidence:
     def same_shape(self) -> bool:
         return self.expected.shape == self.actual.shape
 
-    def rest(self, use: Step) -> np.ndarray:
-        """The expected gradient minus what flows through ``use``: the other paths' share."""
-        return self.expected - use.contribution
-
     def uses(self, *ops: str) -> Iterator[Step]:
         """The recorded uses of the tensor by one of ``ops`` (all ops when none are given)."""
         for use in self.context.uses:
-            if (not ops or use.op in ops) and use.contribution is not None and self.same_shape:
+            if (not ops or use.op in ops) and use.rest is not None and self.same_shape:
                 yield use
 
 
@@ -274,7 +270,7 @@ def _relu_masks(ev: Evidence, use: Step) -> Iterator[tuple[str, np.ndarray]]:
 def wrong_relu_mask(ev: Evidence) -> str | None:
     for use in ev.uses("relu"):
         for sentence, mask in _relu_masks(ev, use):
-            if not mask.all() and ev.fits(ev.rest(use) + use.grad_output * mask):
+            if not mask.all() and ev.fits(use.rest + use.grad_output * mask):
                 return sentence
     return None
 
@@ -292,7 +288,7 @@ _MISSING_DERIVATIVE = {
 
 def missing_derivative(ev: Evidence) -> str | None:
     for use in ev.uses(*_MISSING_DERIVATIVE):
-        if ev.fits(ev.rest(use) + use.grad_output):
+        if ev.fits(use.rest + use.grad_output):
             return _MISSING_DERIVATIVE[use.op].format(x=use.labels[0])
     return None
 
@@ -337,7 +333,7 @@ _DERIVATIVE_FROM_WRONG_TENSOR = [
 def derivative_from_wrong_tensor(ev: Evidence) -> str | None:
     for op, derivative, sentence in _DERIVATIVE_FROM_WRONG_TENSOR:
         for use in ev.uses(op):
-            if ev.fits(ev.rest(use) + use.grad_output * derivative(use.inputs[0], use.output)):
+            if ev.fits(use.rest + use.grad_output * derivative(use.inputs[0], use.output)):
                 return sentence.format(x=use.labels[0])
     return None
 
@@ -346,7 +342,7 @@ def log_softmax_without_g(ev: Evidence) -> str | None:
     for use in ev.uses("log_softmax"):
         axis = use.params.get("axis", -1)
         softmax_term = np.exp(use.output) * use.grad_output.sum(axis=axis, keepdims=True)
-        if ev.fits(ev.rest(use) - softmax_term):
+        if ev.fits(use.rest - softmax_term):
             return ("misses the g term of the log-softmax gradient g - softmax(x) * g.sum(axis); "
                     "for cross-entropy: the - y of (probs - y) / N")
     return None
@@ -357,7 +353,7 @@ def matmul_without_transpose(ev: Evidence) -> str | None:
         a, b = use.inputs
         if use.index != 0 or np.ndim(a) != 2 or np.ndim(b) != 2 or b.shape[0] != b.shape[1]:
             continue
-        if ev.fits(ev.rest(use) + use.grad_output @ b):
+        if ev.fits(use.rest + use.grad_output @ b):
             w = use.labels[1]
             return (f"multiplies by {w} instead of {w}.T: the gradient of x @ {w} with respect to x "
                     f"is g @ {w}.T")
@@ -395,7 +391,7 @@ def wrong_shape(ev: Evidence) -> str | None:
 # Most specific first: a mistake that also looks like a general one must be named as itself.
 HYPOTHESES: list[Hypothesis] = [
     not_finite, expected_not_finite,
-    not_summed_over_batch, summed_over_wrong_axis, kept_an_axis, transposed, wrong_shape,
+    kept_an_axis, not_summed_over_batch, summed_over_wrong_axis, transposed, wrong_shape,
     all_zeros, expected_zero, sign_flipped,
     wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, log_softmax_without_g,
     matmul_without_transpose, masked_too_early,
