@@ -8,6 +8,7 @@ from test_graph import cluster_contents, edges_of, node_named, nodes_of
 
 import microtensor as mt
 import nn
+import nn.manual
 
 
 @pytest.fixture
@@ -75,3 +76,14 @@ def test_a_graph_of_thousands_of_ops_collapses_to_one_node_per_layer():
     assert sum(i.startswith("op") for i in nodes) == 4  # the loss, outside the model
     whole = nodes_of(mt.to_dot(loss, collapse=1))
     assert whole["module0"][0].startswith("MLP\n1802 ops: matmul, add, relu\n")
+
+
+def test_a_passing_manual_check_marks_every_parameter_as_matching():
+    rng = np.random.default_rng(0)
+    model = nn.TwoLayerNet(4, 5, 3, seed=0, dtype=np.float64)
+    X, y = rng.standard_normal((8, 4)), rng.integers(0, 3, size=8)
+    report = nn.manual.check(model, X, y)
+    source = mt.to_dot(nn.manual.loss(model, X, y), params=model.named_parameters(), report=report)
+    for name, _ in model.named_parameters():
+        _, text, attrs = node_named(source, name)
+        assert text.endswith("gradient matches") and "#ef9a9a" not in attrs
