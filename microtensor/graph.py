@@ -45,6 +45,9 @@ STYLES: dict[str, dict[str, str]] = {
 ALARM = {"style": "filled", "fillcolor": "#ef9a9a", "color": "#b71c1c", "penwidth": "3"}
 INHERITED = {"style": "filled", "fillcolor": "#ffe0b2", "color": "#e65100", "penwidth": "2"}
 CLUSTER = {"style": "rounded,dashed", "color": "#9e9e9e", "fontcolor": "#424242"}
+# An argument's position is written at the arrowhead, by the op it belongs to (a mid-edge
+# label lands on cluster titles).
+ARGUMENT = {"labeldistance": "2", "labelangle": "30", "labelfontcolor": "#1a237e"}
 RENDERED_FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 MODULE_OPS_LISTED = 4
 DIAGNOSIS_WIDTH = 40  # characters per line of a diagnosis in a label
@@ -238,42 +241,58 @@ class _Picture:
 
 
 def _collapse(nodes: list[_Node], edges: list[_Edge], depth: bool | int) -> tuple[list[_Node], list[_Edge]]:
-    """One node per module scope: ops are merged by their scope cut to ``depth`` names
-    (the whole scope when ``depth`` is True); ops outside every module stay as they are."""
+    """One node per module scope, standing for the ops whose scope cut to ``depth`` names (the
+    whole scope when ``depth`` is True) is that scope, the constants they use and the
+    parameters only they use; ops outside every module stay as they are."""
+    merged_into = _modules_of_ops(nodes, depth)
+    users: dict[_Node, set[_Node]] = {}
+    for edge in edges:
+        users.setdefault(edge.source, set()).add(merged_into.get(edge.target, edge.target))
+    for node in nodes:
+        used_by = users.get(node, set())
+        if node.kind in ("constant", "parameter") and len(used_by) == 1:
+            module = next(iter(used_by))
+            if module.kind == "module":
+                merged_into[node] = module
+                module.members.append(node)
+    kept = [merged_into.get(node, node) for node in nodes
+            if node not in merged_into or merged_into[node].members[0] is node]
+    for node in kept:
+        if node.kind == "module":
+            node.lines = _module_label(node)
+    joined: dict[tuple[str, str, str], _Edge] = {}
+    for edge in edges:
+        source = merged_into.get(edge.source, edge.source)
+        target = merged_into.get(edge.target, edge.target)
+        if source is not target:  # edges inside one module are the module's business
+            label = edge.label if target is edge.target else ""
+            joined.setdefault((source.id, target.id, label), _Edge(source, target, label))
+    return kept, list(joined.values())
+
+
+def _modules_of_ops(nodes: list[_Node], depth: bool | int) -> dict[_Node, _Node]:
+    """Each op that ran in a module -> the (new) node of that module, cut to ``depth``."""
     modules: dict[tuple[str, ...], _Node] = {}
     merged_into: dict[_Node, _Node] = {}
-    kept: list[_Node] = []
     for node in nodes:
         if node.kind in ("op", "output") and node.scope:
             key = node.scope if depth is True else node.scope[:depth]
             if key not in modules:
                 modules[key] = _Node(f"module{len(modules)}", "module", [], key)
-                kept.append(modules[key])
             modules[key].members.append(node)
             merged_into[node] = modules[key]
-        else:
-            kept.append(node)
-    for module in modules.values():
-        module.lines = _module_label(module)
-    joined: dict[tuple[str, str, str], _Edge] = {}
-    for edge in edges:
-        source = merged_into.get(edge.source, edge.source)
-        target = merged_into.get(edge.target, edge.target)
-        if source is target or (edge.source.kind == "constant" and target is not edge.target):
-            continue  # inside one module: constants and internal edges are the module's business
-        label = edge.label if target is edge.target else ""
-        joined.setdefault((source.id, target.id, label), _Edge(source, target, label))
-    used = {edge.source for edge in joined.values()}
-    kept = [node for node in kept if node.kind != "constant" or node in used]
-    return kept, list(joined.values())
+    return merged_into
 
 
 def _module_label(module: _Node) -> list[str]:
-    names = list(dict.fromkeys(member.op for member in module.members))
+    """The module's name, its ops, its output's shape, and one line per parameter it holds."""
+    ops = [member for member in module.members if member.op]
+    names = list(dict.fromkeys(op.op for op in ops))
     listed = ", ".join(names[:MODULE_OPS_LISTED]) + (", ..." if len(names) > MODULE_OPS_LISTED else "")
-    count = len(module.members)
-    return [f"<b>{_text(module.scope[-1])}</b>", _text(f"{count} op{'s' * (count != 1)}: {listed}"),
-            module.members[-1].shape]
+    count = len(ops)
+    lines = [f"<b>{_text(module.scope[-1])}</b>", _text(f"{count} op{'s' * (count != 1)}: {listed}"),
+             ops[-1].shape]
+    return lines + [" ".join(member.lines) for member in module.members if member.kind == "parameter"]
 
 
 def _placements(nodes: list[_Node], edges: list[_Edge]) -> dict[_Node, tuple[str, ...]]:
@@ -299,16 +318,17 @@ def _attributes(values: dict[str, str]) -> str:
 
 def _node_statement(node: _Node, indent: str) -> str:
     flagged = [n for n in (node, *node.members) if n.verdict]
-    lines = node.lines + [_verdict_line(n) for n in flagged]
+    lines = node.lines + [_verdict_line(n, named=n is not node) for n in flagged]
     style = STYLES[node.kind]
     if flagged:
         style = style | (INHERITED if all(n.inherited for n in flagged) else ALARM)
     return f"{indent}{node.id} [label=<{'<br/>'.join(lines)}> {_attributes(style)}]"
 
 
-def _verdict_line(node: _Node) -> str:
+def _verdict_line(node: _Node, named: bool) -> str:
+    """The diagnosis, in red or orange; ``named``: led by the tensor's name (inside a module)."""
     colour = (INHERITED if node.inherited else ALARM)["color"]
-    return f'<font color="{colour}"><b>{node.verdict}</b></font>'
+    return f'<font color="{colour}">{node.lines[0] + ": " if named else ""}<b>{node.verdict}</b></font>'
 
 
 def _body(nodes: list[_Node], edges: list[_Edge]) -> list[str]:
@@ -341,7 +361,7 @@ def _body(nodes: list[_Node], edges: list[_Edge]) -> list[str]:
         clusters += 1
         stack.append(iter(children.get(scope, [])))
     for edge in edges:
-        label = f' [label="{edge.label}"]' if edge.label else ""
+        label = f' [headlabel="{edge.label}" {_attributes(ARGUMENT)}]' if edge.label else ""
         lines.append(f"\t{edge.source.id} -> {edge.target.id}{label}")
     return [line + "\n" for line in lines]
 

@@ -18,7 +18,7 @@ from microtensor import Tensor
 requires_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 
 NODE = re.compile(r"^\s*((?:op|leaf|const|module)\d+) \[label=<(.*)> (.*)\]$")
-EDGE = re.compile(r'^\s*(\w+) -> (\w+)(?: \[label="(\d+)"\])?$')
+EDGE = re.compile(r'^\s*(\w+) -> (\w+)(?: \[headlabel="(\d+)"[^\]]*\])?$')
 CLUSTER = re.compile(r"^\s*graph \[label=<(.*?)> ")
 
 
@@ -308,9 +308,10 @@ def test_collapse_draws_one_node_per_innermost_module():
     nodes = nodes_of(source)
     modules = [nodes[i][0] for i in nodes if i.startswith("module")]
     assert modules == ["fc1\n2 ops: matmul, add\n(2, 4)", "act\n1 op: relu\n(2, 4)",
-                       "fc2\n1 op: matmul\n(2, 2)"]
-    assert cluster_contents(source)["Net"] == ["module0", "module1", node_named(source, "W2")[0], "module2"]
+                       "fc2\n1 op: matmul\n(2, 2)\nW2 (4, 2)"]  # W2 is used in fc2 only
+    assert cluster_contents(source)["Net"] == ["module0", "module1", "module2"]
     assert "const0" not in nodes  # the constant added inside fc1 belongs to the module now
+    assert node_named(source, "W1")  # used in fc1 and outside Net: still drawn on its own
     edges = edges_of(source)
     assert ("module0", "module1", "") in edges and ("module1", "module2", "") in edges
     assert len(edges) == len(set(edges))
@@ -319,7 +320,7 @@ def test_collapse_draws_one_node_per_innermost_module():
 def test_collapse_to_a_depth_merges_everything_below_it():
     source = mt.to_dot(scoped_net(), collapse=1)
     nodes = nodes_of(source)
-    assert nodes["module0"][0] == "Net\n4 ops: matmul, add, relu\n(2, 2)"
+    assert nodes["module0"][0] == "Net\n4 ops: matmul, add, relu\n(2, 2)\nW2 (4, 2)"
     assert sum(i.startswith("op") for i in nodes) == 4  # mul, sum, sum, add outside Net
 
 
@@ -381,6 +382,12 @@ def test_a_check_manual_report_marks_the_wrong_step_red_and_what_follows_from_it
     _, text, attrs = node_named(source, "scores")
     assert 'fillcolor="#ef9a9a"' in attrs and "1/N" in text
     assert 'fillcolor="#ffe0b2"' in node_named(source, "W")[2]
+
+
+def test_a_collapsed_module_names_the_parameter_whose_gradient_mismatches():
+    source = mt.to_dot(scoped_net(), collapse=True, report=failing_report(W2="transposed", W1=""))
+    text, attrs = nodes_of(source)["module2"]
+    assert text.endswith("W2 (4, 2)\nW2: transposed") and 'fillcolor="#ef9a9a"' in attrs
 
 
 def test_a_mismatching_row_that_names_no_tensor_in_the_graph_is_an_error():
