@@ -511,8 +511,10 @@ def grad(
     """
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-    if grad_outputs is None or isinstance(grad_outputs, (Tensor, np.ndarray)):
-        grad_outputs = [grad_outputs] * len(outputs) if grad_outputs is None else [grad_outputs]
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif not isinstance(grad_outputs, (list, tuple)):  # one gradient: a Tensor, an array, a number
+        grad_outputs = [grad_outputs]
     if len(grad_outputs) != len(outputs):
         raise ValueError(
             f"grad: got {len(grad_outputs)} grad_outputs for {len(outputs)} outputs"

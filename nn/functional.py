@@ -58,7 +58,9 @@ def nll_loss(logp: Any, y: Any) -> mt.Tensor:
     target = _target(y, logp, "nll_loss", "log-probs")
     if target.ndim == 1:
         return -logp[np.arange(target.shape[0]), target].mean()
-    return -(logp * target).sum() / logp.shape[0]
+    # Only the classes the target weighs: 0 * log(0) counts as 0, not nan, for ruled-out classes.
+    weighed = np.nonzero(target)
+    return -(logp[weighed] * target[weighed]).sum() / logp.shape[0]
 
 
 def cross_entropy(logits: Any, y: Any) -> mt.Tensor:
