@@ -127,8 +127,12 @@ def _shapes(values: Iterable[Any]) -> str:
     return ", ".join(str(np.shape(v._data if isinstance(v, Tensor) else v)) for v in values)
 
 
-def _forward_error(op: Op, err: Exception, args: tuple, arrays: list) -> Exception:
+_SEQUENCES = (list, tuple)
+
+
+def _forward_error(op: Op, err: Exception, args: tuple) -> Exception:
     """The error of a failed forward, worded once for every op: the op, why, the inputs."""
+    arrays = [a._data if isinstance(a, Tensor) else a for a in args]
     dtypes = ", ".join(str(a.dtype) if isinstance(a, np.ndarray) else type(a).__name__ for a in arrays)
     try:
         reason = op.explain and op.explain(*arrays) or str(err)
@@ -179,11 +183,13 @@ class Op:
         return f"<op {self.name}>"
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:
-        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
         try:
+            # Lists become arrays here, once, so that VJPs can do arithmetic on them.
+            arrays = [a._data if isinstance(a, Tensor) else np.asarray(a) if type(a) in _SEQUENCES else a
+                      for a in args]
             out = self.forward(*arrays, **params)
         except (ValueError, TypeError, IndexError) as err:
-            raise _forward_error(self, err, args, arrays) from None
+            raise _forward_error(self, err, args) from None
         saved = None
         if self.saves:
             out, saved = out

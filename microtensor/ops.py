@@ -242,7 +242,7 @@ softmax_cross_entropy = Op("softmax_cross_entropy", _cross_entropy, _cross_entro
 # -- reductions ------------------------------------------------------------------------------
 def _kept_shape(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
     """The shape a reduction over ``axis`` has with keepdims=True."""
-    if axis is None:
+    if axis is None or not shape:  # NumPy lets a 0-d array be reduced over axis 0
         return (1,) * len(shape)
     axes = {a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,))}
     return tuple(1 if i in axes else n for i, n in enumerate(shape))

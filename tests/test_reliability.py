@@ -332,3 +332,23 @@ def test_docs_state_the_size_of_the_catalogue_and_their_table_adds_up_to_it():
     tried = [int(row.rsplit("|", 2)[1]) for row in table.splitlines()[2:]]
     assert stated is not None and int(stated.group(1)) == len(CATALOGUE)
     assert sum(tried) == len(CATALOGUE)
+
+
+# -- found by tests/test_fuzz.py, kept as plain regressions ---------------------------------------
+@pytest.mark.parametrize("with_list, with_array", [
+    (lambda x: x ** [1.0, 2.0], lambda x: x ** np.array([1.0, 2.0])),
+    (lambda x: [1.0, 2.0] ** x, lambda x: np.array([1.0, 2.0]) ** x),
+    (lambda x: x @ [[1.0], [2.0]], lambda x: x @ np.array([[1.0], [2.0]])),
+    (lambda x: x * (3.0, 4.0), lambda x: x * np.array([3.0, 4.0])),
+], ids=["tensor ** list", "list ** tensor", "tensor @ nested list", "tensor * tuple"])
+def test_list_and_tuple_constants_differentiate_like_the_arrays_they_stand_for(with_list, with_array):
+    by_list, by_array = Tensor([2.0, 3.0], requires_grad=True), Tensor([2.0, 3.0], requires_grad=True)
+    with_list(by_list).sum().backward()
+    with_array(by_array).sum().backward()
+    np.testing.assert_array_equal(by_list.grad, by_array.grad)
+
+
+def test_a_0_d_tensor_reduced_over_axis_0_as_numpy_allows_has_a_gradient():
+    x = Tensor(np.array(2.0), requires_grad=True)
+    (x.sum(axis=0) * 3.0).backward()
+    assert x.grad == 3.0
