@@ -252,6 +252,11 @@ _FULL_JACOBIAN_LIMIT = (100, 1000)  # output elements, total input elements
 _PROJECTIONS = 3
 
 
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+    """Non-uniform values of ``shape``; an ndarray even for shape () (the tape wants arrays)."""
+    return np.asarray(rng.standard_normal(shape), dtype=dtype)
+
+
 def _label(x: Any, i: int) -> str:
     return x.name if isinstance(x, Tensor) and x.name else f"input {i}"
 
@@ -281,6 +286,7 @@ def _warn_if_not_double(leaves: Sequence[Tensor]) -> None:
 
 
 def _tape_gradients(out: Tensor, leaves: Sequence[Tensor], upstream: np.ndarray) -> list[np.ndarray]:
+    upstream = np.asarray(upstream, dtype=out.dtype)  # 0-d arithmetic gives NumPy scalars, not arrays
     grads = grad(out, list(leaves), grad_outputs=upstream, retain_graph=True)
     return [np.zeros(leaf.shape, leaf.dtype) if g is None else g for g, leaf in zip(grads, leaves)]
 
@@ -301,10 +307,10 @@ def _projections(f, out, leaves, numeric_args, arrays, eps, rng) -> list[tuple[n
     numeric = np.empty((len(leaves), _PROJECTIONS))
     by_tape = np.empty((len(leaves), _PROJECTIONS))
     for t in range(_PROJECTIONS):
-        v = rng.standard_normal(out.shape)
-        grads = _tape_gradients(out, leaves, v.astype(out.dtype))
+        v = _random(rng, out.shape)
+        grads = _tape_gradients(out, leaves, v)
         for k, (x, g) in enumerate(zip(arrays, grads)):
-            u = rng.standard_normal(x.shape)
+            u = _random(rng, x.shape)
             by_tape[k, t] = np.sum(g * u)
             numeric[k, t] = np.sum(_numerical_directional(f, numeric_args, x, u, eps) * v)
     return list(zip(numeric, by_tape))
@@ -334,7 +340,7 @@ def _diagnose_ops(out: Tensor, leaves: Sequence[Tensor], rows: dict[int, GradRow
     graph = _Graph(out)
     wrong_ops = []
     for t in recorded_nodes([out]):  # closest to the output first
-        g = rng.standard_normal(t.shape)
+        g = _random(rng, t.shape)
         step = graph.step(t)
         for i, a in enumerate(t._node.inputs):
             if isinstance(a, Tensor) and a.requires_grad and a.size <= _FULL_JACOBIAN_LIMIT[1]:
@@ -410,13 +416,13 @@ def gradcheck(f: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6, a
 # -- the backward contract -----------------------------------------------------------------
 def _contract_checks(out: Tensor, leaves: Sequence[Tensor], originals: Sequence[np.ndarray],
                      rng: np.random.Generator, atol: float, rtol: float) -> list[ContractCheck]:
-    v = rng.standard_normal(out.shape).astype(out.dtype)
-    w = rng.standard_normal(out.shape).astype(out.dtype)
+    v = _random(rng, out.shape, out.dtype)
+    w = _random(rng, out.shape, out.dtype)
     upstream = v.copy()
     g_v = _tape_gradients(out, leaves, v)
     g_again = _tape_gradients(out, leaves, v)
     g_w = _tape_gradients(out, leaves, w)
-    g_mix = _tape_gradients(out, leaves, (2 * v - 3 * w).astype(out.dtype))
+    g_mix = _tape_gradients(out, leaves, 2 * v - 3 * w)
     g_zero = _tape_gradients(out, leaves, np.zeros_like(v))
     names = [leaf.name for leaf in leaves]
 

@@ -233,9 +233,8 @@ def l2_term(ev: Evidence) -> str | None:
     if beta < 0:
         return (f"misses the L2 term {-beta:.3g} * {name}: add reg * {name}, the gradient of "
                 f"0.5 * reg * sum({name}**2)")
-    return (f"has an extra L2 term {beta:.3g} * {name}: the loss has no such term (biases are not "
-            f"regularised), or it is counted twice (the gradient of 0.5 * reg * sum({name}**2) is "
-            f"reg * {name})")
+    return (f"has an extra L2 term {beta:.3g} * {name}: either the loss has no L2 on {name} (biases are "
+            f"usually not regularised) or it is counted twice (0.5 * reg * sum({name}**2) gives reg * {name})")
 
 
 def regularised_gradient(ev: Evidence) -> str | None:
@@ -261,10 +260,13 @@ def _relu_masks(ev: Evidence, use: Step) -> Iterator[tuple[str, np.ndarray]]:
     yield f"uses the inverted ReLU mask ({label} <= 0); the derivative of relu is ({label} > 0)", z <= 0
     yield (f"is masked by the sign of the incoming gradient (g > 0); the ReLU mask comes from the "
            f"forward value ({label} > 0)"), g > 0
+    masks: dict[bytes, tuple[list[str], np.ndarray]] = {}  # tensors that give the same mask, together
     for other, value in ev.context.tensors.items():
         if value.shape == z.shape and not np.array_equal(value > 0, z > 0):
-            yield (f"is masked with ({other} > 0), a mask from the wrong tensor: the ReLU derivative "
-                   f"is ({label} > 0), from this ReLU's own input"), value > 0
+            masks.setdefault(np.packbits(value > 0).tobytes(), ([], value > 0))[0].append(f"({other} > 0)")
+    for labels, mask in masks.values():
+        yield (f"is masked with {' or '.join(labels)}, a mask from the wrong tensor: the ReLU derivative "
+               f"is ({label} > 0), from this ReLU's own input"), mask
 
 
 def wrong_relu_mask(ev: Evidence) -> str | None:
@@ -361,8 +363,10 @@ def matmul_without_transpose(ev: Evidence) -> str | None:
 
 
 def summed_over_wrong_axis(ev: Evidence) -> str | None:
-    for use in ev.uses("add"):
+    for use in ev.context.uses:
         g = use.grad_output
+        if use.op != "add" or g is None:
+            continue
         if g.ndim == 2 and ev.expected.shape == g.shape[1:] and ev.actual.shape == g.shape[:1]:
             if ev.fits(g.sum(axis=1)):
                 return (f"has one entry per example, shape {ev.actual.shape}: summed over axis 1 "
