@@ -234,7 +234,8 @@ def l2_term(ev: Evidence) -> str | None:
         return (f"misses the L2 term {-beta:.3g} * {name}: add reg * {name}, the gradient of "
                 f"0.5 * reg * sum({name}**2)")
     return (f"has an extra L2 term {beta:.3g} * {name}: either the loss has no L2 on {name} (biases are "
-            f"usually not regularised) or it is counted twice (0.5 * reg * sum({name}**2) gives reg * {name})")
+            f"usually not regularised) or it is counted twice (0.5 * reg * sum({name}**2) gives "
+            f"reg * {name})")
 
 
 def regularised_gradient(ev: Evidence) -> str | None:

@@ -72,8 +72,9 @@ def build(sizes=(5, 6, 3), activation="relu", reg=0.1, seed=0, op=None) -> Net:
     y = rng.integers(0, sizes[-1], n)
     params = {}
     for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:]), start=1):
-        params[f"W{i}"] = Tensor(rng.standard_normal((fan_in, fan_out)) * 0.6, requires_grad=True, name=f"W{i}")
-        params[f"b{i}"] = Tensor(rng.standard_normal(fan_out) * 0.3, requires_grad=True, name=f"b{i}")
+        W, b = rng.standard_normal((fan_in, fan_out)) * 0.6, rng.standard_normal(fan_out) * 0.3
+        params[f"W{i}"] = Tensor(W, requires_grad=True, name=f"W{i}")
+        params[f"b{i}"] = Tensor(b, requires_grad=True, name=f"b{i}")
     loss = forward(params, X, y, reg, op or ACTIVATIONS[activation])
     values = {t.name: t.data for t in _named_tensors(loss)}
     values["probs"] = np.exp(_log_softmax(values["scores"], axis=1))
@@ -138,6 +139,11 @@ def _sigmoid_np(x):
     return 1 / (1 + np.exp(-x))
 
 
+def _naive_softmax(x):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+
+
 @dataclass(frozen=True)
 class ManualBug:
     description: str
@@ -167,8 +173,7 @@ MANUAL_BUGS = [
     ManualBug("dscores = -y / N, the log-softmax gradient without its softmax term", TWO, "scores",
               lambda n, g: -n.Y / n.N, ("softmax * sum(g)",)),
     ManualBug("dscores from a softmax that overflows (no max subtracted)", TWO, "scores",
-              lambda n, g: (np.exp(500 * n["scores"]) / np.exp(500 * n["scores"]).sum(1, keepdims=True)
-                            - n.Y) / n.N, ("not finite", "row max")),
+              lambda n, g: (_naive_softmax(500 * n["scores"]) - n.Y) / n.N, ("not finite", "row max")),
     ManualBug("dW2 transposed (dscores.T @ h)", TWO, "W2",
               lambda n, g: g["scores"].T @ n["h1"] + n.reg * n.params["W2"].data.T, ("transposed",)),
     ManualBug("db2 not summed over the batch", TWO, "b2",
@@ -184,7 +189,8 @@ MANUAL_BUGS = [
     ManualBug("dW1 with 2 * reg * W1 (the 0.5 forgotten)", TWO, "W1",
               lambda n, g: n.X.T @ g["z1"] + 2 * n.reg * n.params["W1"].data, ("extra L2 term", "twice")),
     ManualBug("dW1 regularised by reg * dW1 instead of reg * W1", TWO, "W1",
-              lambda n, g: (1 + n.reg) * (n.X.T @ g["z1"]), ("applied to the gradient instead of the weight",)),
+              lambda n, g: (1 + n.reg) * (n.X.T @ g["z1"]),
+              ("applied to the gradient instead of the weight",)),
     ManualBug("dz1 without the ReLU mask", TWO, "z1",
               lambda n, g: g["h1"], ("ReLU unmasked", "(z1 > 0)")),
     ManualBug("dz1 with the inverted ReLU mask", TWO, "z1",
@@ -198,7 +204,8 @@ MANUAL_BUGS = [
     ManualBug("dW1 never computed (left as zeros)", TWO, "W1",
               lambda n, g: np.zeros((5, 6)), ("all zeros",)),
     ManualBug("dW2's last column never filled in", TWO, "W2",
-              lambda n, g: np.c_[(n["h1"].T @ g["scores"] + n.reg * n.params["W2"].data)[:, :-1], np.zeros(6)],
+              lambda n, g: np.c_[(n["h1"].T @ g["scores"] + n.reg * n.params["W2"].data)[:, :-1],
+                                 np.zeros(6)],
               ("zero at 6 of 18 entries",)),
     ManualBug("dW1 with a typo in one entry", TWO, "W1",
               lambda n, g: n.X.T @ g["z1"] + n.reg * n.params["W1"].data + np.eye(5, 6, 3) * 0.5,
@@ -257,11 +264,14 @@ WRONG_OPS = {
 
 OP_BUGS = [
     OpBug("an op relu whose derivative has the sign flipped", TWO,
-          {"activation": WRONG_OPS["relu with its sign flipped"]}, "b1", ("backward rule of relu", "sign flipped")),
+          {"activation": WRONG_OPS["relu with its sign flipped"]}, "b1",
+          ("backward rule of relu", "sign flipped")),
     OpBug("an op sigmoid whose derivative uses its input", SIGMOID,
-          {"activation": WRONG_OPS["sigmoid from its input"]}, "b1", ("backward rule of sigmoid", "pre-activation")),
+          {"activation": WRONG_OPS["sigmoid from its input"]}, "b1",
+          ("backward rule of sigmoid", "pre-activation")),
     OpBug("an op tanh whose derivative uses its input", TANH,
-          {"activation": WRONG_OPS["tanh from its input"]}, "b1", ("backward rule of tanh", "pre-activation")),
+          {"activation": WRONG_OPS["tanh from its input"]}, "b1",
+          ("backward rule of tanh", "pre-activation")),
     OpBug("an op log_softmax whose derivative misses softmax * sum(g)", THREE,
           {"log_softmax": WRONG_OPS["log_softmax without its sum term"]}, "b3",
           ("backward rule of log_softmax", "softmax * sum(g)")),
