@@ -177,16 +177,18 @@ def _is_differentiable(x: Any) -> bool:
     return np.asarray(x).dtype.kind == "f" if isinstance(x, (np.ndarray, float)) else False
 
 
-def _float64_copies(inputs: Sequence[Any]) -> tuple[list[Any], list[np.ndarray | None]]:
+def _float64_copies(inputs: Sequence[Any],
+                    as_tensors: bool = False) -> tuple[list[Any], list[np.ndarray | None]]:
     """What ``f`` is called with for finite differences: float64 copies of the differentiable
-    inputs (each in the kind it came as: Tensor or array), copies of the other arrays; and the
-    float64 arrays to perturb in place (None for inputs that are not differentiated)."""
+    inputs (each in the kind it came as, Tensor or array, unless ``as_tensors``), copies of the
+    other arrays; and the float64 arrays to perturb in place (None where not differentiated)."""
     args: list[Any] = []
     arrays: list[np.ndarray | None] = []
     for x in inputs:
         if _is_differentiable(x):
             array = np.array(x.data if isinstance(x, Tensor) else x, dtype=np.float64)
-            args.append(Tensor(array, name=x.name) if isinstance(x, Tensor) else array)
+            wrap = as_tensors or isinstance(x, Tensor)
+            args.append(Tensor(array, name=getattr(x, "name", None)) if wrap else array)
             arrays.append(array)
         else:
             args.append(Tensor(x.data.copy(), name=x.name) if isinstance(x, Tensor)
@@ -393,7 +395,7 @@ def gradcheck(f: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6, a
     out = f(*args)
     if not isinstance(out, Tensor) or not out.requires_grad:
         raise ValueError("gradcheck: f must return a Tensor computed from its inputs with the tape on")
-    numeric_args, arrays = _float64_copies(inputs)
+    numeric_args, arrays = _float64_copies(inputs, as_tensors=True)
     arrays = [x for x in arrays if x is not None]
     if mode == "auto":
         small = out.size <= _FULL_JACOBIAN_LIMIT[0] and sum(x.size for x in arrays) <= _FULL_JACOBIAN_LIMIT[1]
