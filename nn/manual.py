@@ -116,23 +116,28 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def gradients(model: Module, X: Any, y: Any, reg: float = 0.0) -> dict[str, np.ndarray]:
+def gradients(model: Module, X: Any, y: Any, reg: float = 0.0, *,
+              layer_outputs: bool = False) -> dict[str, np.ndarray]:
     """Every parameter's gradient of the mean cross-entropy (+ L2 on weights), by the formulas.
 
     Computed in float64 and returned in each parameter's dtype, keyed as ``named_parameters()``.
+    With ``layer_outputs``, also the gradient of each layer's output, keyed by the layer's name
+    (``"fc1"``, ``"relu"``, ...): the ``dz1``, ``dh`` of the notebooks.
 
     >>> import nn
     >>> model = nn.TwoLayerNet(2, 3, 2, seed=0)
-    >>> gradients(model, np.ones((4, 2)), np.array([0, 1, 1, 0]))["fc2.bias"].shape
-    (2,)
+    >>> grads = gradients(model, np.ones((4, 2)), np.array([0, 1, 1, 0]), layer_outputs=True)
+    >>> grads["fc2.bias"].shape, grads["relu"].shape
+    ((2,), (4, 3))
     """
     layers = chain(model)
     X = np.asarray(X.data if isinstance(X, mt.Tensor) else X, dtype=np.float64)
     values = _forward(layers, X)
     n = X.shape[0]
     g = (_softmax(values[-1]) - _one_hot(y, n, values[-1].shape[1])) / n  # d loss / d logits
-    grads = {}
+    grads, outputs = {}, {}
     for (name, layer), x, out in reversed(list(zip(layers, values[:-1], values[1:]))):
+        outputs[name] = g
         if isinstance(layer, Linear):
             W = layer.weight.data.astype(np.float64)
             grads[_dotted(name, "weight")] = x.T @ g + reg * W
@@ -141,7 +146,8 @@ def gradients(model: Module, X: Any, y: Any, reg: float = 0.0) -> dict[str, np.n
             g = g @ W.T
         else:
             g = _ACTIVATIONS[type(layer)][1](g, x, out)
-    return {name: grads[name].astype(p.dtype) for name, p in model.named_parameters()}
+    result = {name: grads[name].astype(p.dtype) for name, p in model.named_parameters()}
+    return {**result, **outputs} if layer_outputs else result
 
 
 # -- three-way check -------------------------------------------------------------------------
