@@ -621,6 +621,6 @@ def _note_inherited(rows: list[GradRow], tensors: list[Tensor], graph: _Graph) -
         if row.ok or row.verdict == "WRONG" or not downstream:
             noted.append(row)
             continue
-        note = f" (this may follow from the wrong gradient of {downstream[0]!r}: fix that first)"
-        noted.append(dataclasses.replace(row, diagnosis=row.diagnosis + note))
+        note = f"may follow from the wrong gradient of {downstream[0]!r} (fix that first); on its own it "
+        noted.append(dataclasses.replace(row, diagnosis=note + row.diagnosis))
     return noted

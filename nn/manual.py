@@ -280,6 +280,13 @@ class ManualReport:
         return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def _relu_inputs_near_zero(model: Module, X: Any, eps: float) -> int:
+    layers = chain(model)
+    values = _forward(layers, np.asarray(X.data if isinstance(X, mt.Tensor) else X, dtype=np.float64))
+    return sum(int(np.sum(np.abs(x) <= eps)) for (_, layer), x in zip(layers, values)
+               if isinstance(layer, ReLU))
+
+
 def _tolerances(parameters: Any, atol: float | None, rtol: float | None) -> tuple[float, float]:
     double = all(p.dtype == np.float64 for p in parameters)
     return (atol if atol is not None else 1e-8 if double else 1e-5,
@@ -316,7 +323,9 @@ def check(model: Module, X: Any, y: Any, reg: float = 0.0, *, atol: float | None
     reports = (compare(tape, manual), compare(numerical, at_picks(tape)),
                compare(numerical, at_picks(manual)))
     perturbed, total = sum(map(len, picks.values())), sum(p.size for p in named.values())
+    kinks = _relu_inputs_near_zero(model, X, eps)
     note = (f"{type(model).__name__}, batch of {n}, reg={reg:g}, {next(iter(named.values())).dtype}; "
-            f"finite differences at {perturbed} of {total} entries (eps={eps:g}); "
+            f"finite differences at {perturbed} of {total} entries (eps={eps:g}"
+            f"{f'; {kinks} ReLU input(s) within eps of 0, where they are unreliable' if kinks else ''}); "
             f"each error is max |a - b| / max |b|  (atol={atol:g}, rtol={rtol:g})")
     return ManualReport("nn.manual.check", reports, note)

@@ -357,7 +357,7 @@ def test_first_wrong_is_the_wrong_step_not_the_steps_that_inherit_its_error(rng)
     report = mt.check_manual(out, manual, gradient=upstream)
     assert report.first_wrong == "z"
     assert "tanh derivative on the pre-activation" in report["z"].diagnosis
-    assert report["W1"].diagnosis.endswith("(this may follow from the wrong gradient of 'z': fix that first)")
+    assert report["W1"].diagnosis.startswith("may follow from the wrong gradient of 'z' (fix that first)")
 
 
 def test_check_manual_touches_no_grad_and_keeps_the_graph(rng):

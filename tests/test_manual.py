@@ -206,9 +206,19 @@ def test_str_of_the_check_is_a_table_of_the_three_comparisons(rng):
        seed=st.integers(0, 2**31))
 def test_correct_gradients_of_random_mlps_always_pass(sizes, batch, activation, reg, seed):
     rng = np.random.default_rng(seed)
-    model = nn.MLP(sizes + [3], activation=activation, seed=seed, dtype=np.float64)
+    model = with_random_biases(nn.MLP(sizes + [3], activation=activation, seed=seed, dtype=np.float64), rng)
     X, y = rng.standard_normal((batch, sizes[0])), rng.integers(0, 3, batch)
     assert nn.manual.check(model, X, y, reg=reg)
+
+
+def test_a_relu_input_exactly_at_its_kink_is_blamed_on_finite_differences(rng):
+    # Zero biases behind a dead unit put the next ReLU's input exactly at 0, where the
+    # derivative does not exist: the tape and the formulas agree, central differences cannot.
+    model = nn.MLP([3, 4, 1, 3], seed=0, dtype=np.float64)
+    model[0].bias.data[:] = -100.0  # every unit of the first layer dead
+    report = nn.manual.check(model, rng.standard_normal((1, 3)), np.array([0]))
+    assert report["2.bias"].verdict == "numerical off"
+    assert "1 ReLU input(s) within eps of 0" in str(report)
 
 
 # -- the seed notebooks' own backward passes, as plain functions --------------------------------------
