@@ -142,7 +142,7 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
     >>> compare_row("W", np.ones(2), np.ones(2), 1e-8, 1e-5).ok
     True
     """
-    e, a = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    e, a = _as_array(name, expected), _as_array(name, actual)
     if e.shape != a.shape:
         sentence = diagnose(Evidence(e, a, atol, rtol, context))
         return GradRow(name, e.shape, np.nan, np.nan, None, 1.0, False, "mismatch", sentence)
@@ -156,6 +156,14 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
     sentence = "" if ok else diagnose(Evidence(e, a, atol, rtol, context))
     return GradRow(name, e.shape, max_abs, max_abs / max(float(np.abs(e).max()), 1e-300),
                    tuple(int(i) for i in worst), float(bad.mean()), ok, "ok" if ok else "mismatch", sentence)
+
+
+def _as_array(name: str, gradient: Any) -> np.ndarray:
+    array = np.asarray(gradient)
+    if array.dtype.kind not in "fiub":  # None would become nan, strings fail obscurely
+        raise TypeError(f"the gradient given for {name!r} is a {type(gradient).__name__}, not an array "
+                        f"of numbers")
+    return array.astype(np.float64)
 
 
 def _missing_row(name: str, shape: tuple[int, ...], sentence: str) -> GradRow:
@@ -614,10 +622,10 @@ def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, 
 
 def _note_inherited(rows: list[GradRow], tensors: list[Tensor], graph: _Graph) -> list[GradRow]:
     """Tell a wrong row that a wrong gradient downstream of it may be the cause."""
-    wrong = [t for t, row in zip(tensors, rows) if not row.ok]
+    wrong = [(t.name, graph.ancestors(t)) for t, row in zip(tensors, rows) if not row.ok]
     noted = []
     for t, row in zip(tensors, rows):
-        downstream = [d.name for d in wrong if d is not t and id(t) in graph.ancestors(d)]
+        downstream = [name for name, ancestors in wrong if id(t) in ancestors]
         if row.ok or row.verdict == "WRONG" or not downstream:
             noted.append(row)
             continue

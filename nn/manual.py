@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 import microtensor as mt
-from microtensor.check import GradReport, format_table
+from microtensor.check import format_table
 from nn import functional
 from nn.layers import Dropout, Linear, ReLU, Sigmoid, Tanh
 from nn.module import Module, Parameter
@@ -237,7 +237,8 @@ class ManualReport:
     layer first); ``first_wrong`` is the first parameter where anything disagrees.
     """
 
-    def __init__(self, title: str, reports: tuple[GradReport, GradReport, GradReport], note: str) -> None:
+    def __init__(self, title: str, reports: tuple[mt.GradReport, mt.GradReport, mt.GradReport],
+                 note: str) -> None:
         self.title = title
         self.tape_vs_manual, self.tape_vs_numerical, self.manual_vs_numerical = reports
         self.note = note

@@ -389,6 +389,12 @@ def test_check_manual_for_a_tensor_without_grad_is_a_value_error(rng):
         mt.check_manual((X @ W).sum(), {"X": np.ones((2, 3))})
 
 
+def test_a_gradient_that_is_not_an_array_of_numbers_is_a_type_error_naming_it(rng):
+    W = leaf(rng, 3, name="W")
+    with pytest.raises(TypeError, match="the gradient given for 'W' is a NoneType, not an array"):
+        mt.check_manual((W * W).sum(), {"W": None})
+
+
 def test_check_manual_names_n_from_the_mean_in_the_graph(rng):
     W = leaf(rng, 3, 2, name="W")
     X = rng.standard_normal((5, 3))
