@@ -199,10 +199,16 @@ def _float64_copies(inputs: Sequence[Any],
             args.append(Tensor(array, name=getattr(x, "name", None)) if wrap else array)
             arrays.append(array)
         else:
-            args.append(Tensor(x.data.copy(), name=x.name) if isinstance(x, Tensor)
-                        else x.copy() if isinstance(x, np.ndarray) else x)
+            args.append(_copy_constant(x))
             arrays.append(None)
     return args, arrays
+
+
+def _copy_constant(x: Any) -> Any:
+    """An input that is not differentiated, copied so ``f`` cannot change the caller's."""
+    if isinstance(x, Tensor):
+        return Tensor(x.data.copy(), name=x.name)
+    return x.copy() if isinstance(x, np.ndarray) else x
 
 
 def _evaluate(f: Callable[..., Any], args: Sequence[Any]) -> np.ndarray:
@@ -277,13 +283,12 @@ def _tape_args(inputs: Sequence[Any]) -> tuple[list[Any], list[Tensor]]:
     args: list[Any] = []
     leaves: list[Tensor] = []
     for i, x in enumerate(inputs):
-        data = x.data if isinstance(x, Tensor) else x
         if _is_differentiable(x):
+            data = x.data if isinstance(x, Tensor) else x
             leaves.append(Tensor(np.array(data), requires_grad=True, name=_label(x, i)))
             args.append(leaves[-1])
         else:
-            args.append(Tensor(np.array(data), name=x.name) if isinstance(x, Tensor)
-                        else data.copy() if isinstance(data, np.ndarray) else data)
+            args.append(_copy_constant(x))
     return args, leaves
 
 
@@ -291,8 +296,9 @@ def _warn_if_not_double(leaves: Sequence[Tensor]) -> None:
     for leaf in leaves:
         if leaf.dtype != np.float64:
             warnings.warn(
-                f"gradcheck: input {leaf.name!r} is {leaf.dtype}, not float64; finite differences "
-                f"with eps=1e-6 need double precision, so expect false mismatches", stacklevel=3)
+                f"gradcheck: input {leaf.name!r} is {leaf.dtype}, not float64; its tape gradient is "
+                f"compared with float64 finite differences, so expect mismatches of its precision",
+                stacklevel=3)
 
 
 def _tape_gradients(out: Tensor, leaves: Sequence[Tensor], upstream: np.ndarray) -> list[np.ndarray]:
@@ -301,7 +307,9 @@ def _tape_gradients(out: Tensor, leaves: Sequence[Tensor], upstream: np.ndarray)
     return [np.zeros(leaf.shape, leaf.dtype) if g is None else g for g, leaf in zip(grads, leaves)]
 
 
-def _full_jacobians(f, out, leaves, args, numeric_args, arrays, eps) -> list[tuple[np.ndarray, np.ndarray]]:
+def _full_jacobians(f: Callable[..., Any], out: Tensor, leaves: Sequence[Tensor], numeric_args: list[Any],
+                    arrays: list[np.ndarray], eps: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(by finite differences, by the tape) Jacobian pairs, shaped output shape + input shape."""
     tape_jac = [np.empty(out.shape + leaf.shape) for leaf in leaves]
     for idx in np.ndindex(out.shape):
         unit = np.zeros(out.shape, out.dtype)
@@ -312,7 +320,9 @@ def _full_jacobians(f, out, leaves, args, numeric_args, arrays, eps) -> list[tup
     return list(zip(numeric, tape_jac))
 
 
-def _projections(f, out, leaves, numeric_args, arrays, eps, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+def _projections(f: Callable[..., Any], out: Tensor, leaves: Sequence[Tensor], numeric_args: list[Any],
+                 arrays: list[np.ndarray], eps: float,
+                 rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     """v^T J u for a few random v (output-shaped) and u (input-shaped), numerically and by tape."""
     numeric = np.empty((len(leaves), _PROJECTIONS))
     by_tape = np.empty((len(leaves), _PROJECTIONS))
@@ -410,7 +420,7 @@ def gradcheck(f: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6, a
         mode = "full" if small else "projection"
     rng = np.random.default_rng(seed)
     if mode == "full":
-        pairs = _full_jacobians(f, out, leaves, args, numeric_args, arrays, eps)
+        pairs = _full_jacobians(f, out, leaves, numeric_args, arrays, eps)
     elif mode == "projection":
         pairs = _projections(f, out, leaves, numeric_args, arrays, eps, rng)
     else:
