@@ -6,6 +6,7 @@
 array([ 4., -2.])
 """
 
+from microtensor.anomaly import AnomalyError, detect_anomaly
 from microtensor.autograd import (
     Op,
     Tape,
@@ -17,10 +18,12 @@ from microtensor.autograd import (
     tape,
 )
 from microtensor.check import GradReport, check_manual, compare_grads, gradcheck, numerical_grad
+from microtensor.graph import draw_graph, render_graph, to_dot
 from microtensor.ops import (
     add,
     div,
     exp,
+    linear,
     log,
     log_softmax,
     matmul,
@@ -33,6 +36,7 @@ from microtensor.ops import (
     reshape,
     sigmoid,
     softmax,
+    softmax_cross_entropy,
     sub,
     sum,
     tanh,
@@ -42,8 +46,10 @@ from microtensor.tensor import Tensor
 
 __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
-    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
-    "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
+    "detect_anomaly", "AnomalyError",
+    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log", "linear",
+    "log_softmax", "softmax", "softmax_cross_entropy", "sum", "mean", "max", "reshape", "transpose",
     "numerical_grad", "gradcheck", "compare_grads", "check_manual", "GradReport",
+    "to_dot", "draw_graph", "render_graph",
 ]
 __version__ = "0.1.0"
