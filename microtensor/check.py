@@ -341,13 +341,13 @@ def _op_input_row(t: Tensor, i: int, graph: _Graph, g: np.ndarray, eps: float, a
     """One recorded op's backward rule for input ``i``, alone, against finite differences of its
     forward at the values it saw, for the upstream gradient ``g``."""
     node = t._node
-    values = [_value(a) for a in node.inputs]
+    values = node.arrays
 
     def forward_with(x: np.ndarray) -> Any:
-        return np.sum(node.op.forward(*values[:i], x, *values[i + 1:], **node.params) * g)
+        return np.sum(node.op.either(*values[:i], x, *values[i + 1:], **node.params) * g)
 
     (numeric,) = numerical_grad(forward_with, [np.asarray(values[i], dtype=np.float64)], eps)
-    by_rule = unbroadcast(node.op.vjps[i](g, t.data, *values, **node.params), np.shape(values[i]))
+    by_rule = _rule(t, i, g)
     use = dataclasses.replace(graph.step(t), index=i, grad_output=g, rest=np.zeros(np.shape(values[i])))
     context = Context(label=use.labels[i], uses=(use,), batch_size=graph.batch_size)
     return compare_row(use.labels[i], numeric, by_rule, atol, rtol, context)
@@ -541,7 +541,7 @@ class _Graph:
 
     def step(self, t: Tensor) -> Step:
         node = t._node
-        return Step(node.op.name, tuple(_value(a) for a in node.inputs),
+        return Step(node.op.name, tuple(node.arrays),
                     tuple(self.labels.get(id(a), repr(a)) for a in node.inputs), t.data, node.params)
 
     def uses(self, t: Tensor, grads: Mapping[int, Any]) -> tuple[Step, ...]:
@@ -552,8 +552,7 @@ class _Graph:
             g = grads.get(id(user))
             if g is None:
                 continue
-            node, values = user._node, tuple(_value(a) for a in user._node.inputs)
-            through = unbroadcast(node.op.vjps[i](g, user.data, *values, **node.params), t.shape)
+            through = _rule(user, i, g)
             steps.append(dataclasses.replace(self.step(user), index=i, grad_output=g, rest=total - through))
         return tuple(steps)
 
@@ -582,8 +581,13 @@ class _Graph:
         return seen
 
 
-def _value(a: Any) -> Any:
-    return a.data if isinstance(a, Tensor) else a
+def _rule(t: Tensor, i: int, g: np.ndarray) -> np.ndarray:
+    """What the tape's backward rule of the op that made ``t`` sends to its input ``i`` for the
+    upstream gradient ``g``, at the values the op saw (summed back to the input's shape)."""
+    node = t._node
+    params = node.params if node.saved is None else {**node.params, "saved": node.saved}
+    through = node.op.vjps[i](g, t.data, *node.arrays, **params)
+    return np.asarray(unbroadcast(through, np.shape(node.arrays[i])), dtype=np.float64)
 
 
 def _gradient(grads: Mapping[int, Any], t: Tensor) -> np.ndarray:
@@ -592,9 +596,11 @@ def _gradient(grads: Mapping[int, Any], t: Tensor) -> np.ndarray:
 
 
 def _batch_size(nodes: list[Tensor]) -> int | None:
-    """The N of the last mean (or division by a whole number) before the output, if any."""
+    """The N of the last mean (a cross-entropy, or a division by a whole number) before the output."""
     for t in nodes:
         op, inputs = t._node.op.name, t._node.inputs
+        if op == "softmax_cross_entropy":
+            return inputs[0].shape[0]
         if op == "mean" and inputs[0].size > t.size:
             return inputs[0].size // t.size
         divisor = inputs[1] if op == "div" else None

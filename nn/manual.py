@@ -17,8 +17,8 @@ True
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,37 +162,26 @@ def loss(model: Module, X: Any, y: Any, reg: float = 0.0) -> mt.Tensor:
     return functional.cross_entropy(model(X), y) + functional.l2_penalty(weights, reg)
 
 
-@contextlib.contextmanager
-def _parameters_set_to(parameters: Sequence[Parameter], arrays: Sequence[np.ndarray]) -> Iterator[None]:
-    saved = [p.data for p in parameters]
-    try:
-        for p, array in zip(parameters, arrays):
-            p.data = array
-        yield
-    finally:
-        for p, array in zip(parameters, saved):
-            p.data = array
-
-
 def _finite_differences(model: Module, X: Any, y: Any, reg: float, eps: float, entries: int | None,
                         rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """({name: flat indices}, {name: d loss / d those entries}) by central differences in float64.
 
     Only ``entries`` random entries of each parameter are perturbed (all when None or more).
+    The perturbed model is a copy: writing the caller's parameters would mark them as changed,
+    and the engine would then refuse a backward through any graph the caller built before.
     """
+    model = copy.deepcopy(model)
     named = dict(model.named_parameters())
     picks = {name: np.arange(p.size) if entries is None or p.size <= entries
              else np.sort(rng.choice(p.size, entries, replace=False)) for name, p in named.items()}
     bases = {name: p.data.astype(np.float64).ravel() for name, p in named.items()}
 
     def loss_at(*values: np.ndarray) -> mt.Tensor:
-        arrays = []
         for (name, p), value in zip(named.items(), values):
             array = bases[name].copy()
             array[picks[name]] = value
-            arrays.append(array.reshape(p.shape))
-        with _parameters_set_to(list(named.values()), arrays):
-            return loss(model, X, y, reg)
+            p.data = array.reshape(p.shape)
+        return loss(model, X, y, reg)
 
     numerical = mt.numerical_grad(loss_at, [bases[name][pick] for name, pick in picks.items()], eps)
     return picks, dict(zip(named, numerical))

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 import microtensor as mt
+import nn
+import nn.manual
 from microtensor import Tensor
 from microtensor.ops import _log_softmax, _sigmoid
 
@@ -233,6 +235,66 @@ MANUAL_BUGS = [
 ]
 
 
+# -- the zoo: mistakes on nn models, whose tape has the fused linear and cross-entropy ops ---------
+@dataclass(frozen=True)
+class ModelBug:
+    """One gradient of an nn model's parameters or layer outputs replaced by a wrong one."""
+
+    description: str
+    sizes: tuple[int, ...]
+    step: str  # a parameter name ("fc1.bias") or a layer name, whose output's gradient it is ("fc2")
+    wrong: Callable[[dict, dict, np.ndarray], np.ndarray]  # (correct grads, forward values, Y) -> wrong
+    words: tuple[str, ...]
+
+    @property
+    def first_wrong(self) -> str:
+        return self.step
+
+    @property
+    def net(self) -> dict:
+        return {"sizes": self.sizes}
+
+    def report(self) -> mt.GradReport:
+        rng = np.random.default_rng(0)
+        net = nn.TwoLayerNet if len(self.sizes) == 3 else nn.ThreeLayerNet
+        model = net(*self.sizes, seed=0, dtype=np.float64)
+        for name, p in model.named_parameters():
+            p.named(name)
+            if name.endswith("bias"):  # zero biases would hide a wrong L2 or mask
+                p.data = 0.3 * rng.standard_normal(p.shape)
+        X, y = rng.standard_normal((8, self.sizes[0])), rng.integers(0, self.sizes[-1], 8)
+        x, values = X, {}
+        for name, layer in nn.manual.chain(model):
+            x = layer(x).named(name)
+            values[name] = x.data
+        loss = nn.functional.cross_entropy(x, y)
+        grads = nn.manual.gradients(model, X, y, layer_outputs=True)
+        grads[self.step] = self.wrong(grads, values | {p: v.data for p, v in model.named_parameters()},
+                                      np.eye(self.sizes[-1])[y])
+        return mt.check_manual(loss, grads)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+MODEL_BUGS = [
+    ModelBug("TwoLayerNet: dlogits without the 1/N", (5, 6, 3), "fc2",
+             lambda g, v, Y: _softmax(v["fc2"]) - Y, ("N = 8",)),
+    ModelBug("TwoLayerNet: dlogits = probs / N", (5, 6, 3), "fc2",
+             lambda g, v, Y: _softmax(v["fc2"]) / 8, ("- y of (probs - y) / N",)),
+    ModelBug("TwoLayerNet: dlogits = -y / N", (5, 6, 3), "fc2",
+             lambda g, v, Y: -Y / 8, ("softmax * sum(g)",)),
+    ModelBug("TwoLayerNet: fc1.bias summed over axis 1", (5, 6, 3), "fc1.bias",
+             lambda g, v, Y: g["fc1"].sum(axis=1), ("axis 1",)),
+    ModelBug("TwoLayerNet: dz1 without the ReLU mask", (5, 6, 3), "fc1",
+             lambda g, v, Y: g["relu"], ("ReLU unmasked",)),
+    ModelBug("ThreeLayerNet: dh1 = dz2 @ W2 instead of W2.T", (5, 6, 6, 3), "relu1",
+             lambda g, v, Y: g["fc2"] @ v["fc2.weight"], ("instead of fc2.weight.T",)),
+]
+
+
 # -- the zoo: ops with a wrong derivative, found by gradcheck -----------------------------------
 @dataclass(frozen=True)
 class OpBug:
@@ -279,7 +341,7 @@ OP_BUGS = [
           {"mean": WRONG_OPS["mean without 1/N"]}, "b3", ("backward rule of mean", "N = 8")),
 ]
 
-ZOO = MANUAL_BUGS + OP_BUGS
+ZOO = MANUAL_BUGS + MODEL_BUGS + OP_BUGS
 
 
 @pytest.mark.parametrize("bug", ZOO, ids=lambda b: b.description)
@@ -326,7 +388,7 @@ def measure() -> str:
     alarms = sum(not mt.check_manual(b.loss, backward(b)) for b in (build(**net) for net in CORRECT_NETS))
     n = len(ZOO)
     return (f"bugs in the zoo:                 {n} ({len(MANUAL_BUGS)} in hand-written backprop, "
-            f"{len(OP_BUGS)} in op derivatives)\n"
+            f"{len(MODEL_BUGS)} on nn models, {len(OP_BUGS)} in op derivatives)\n"
             f"detected (report falsy):         {detected}/{n}\n"
             f"localised (first_wrong right):   {localised}/{n}\n"
             f"diagnosed (mistake named):       {named}/{n}\n"

@@ -109,6 +109,15 @@ def test_check_leaves_the_parameters_as_they_were(rng):
         assert p.data.dtype == before[name].dtype and p.grad is None
 
 
+def test_a_graph_built_before_the_check_can_still_be_backpropagated(rng):
+    model = MODELS["TwoLayerNet"]()
+    X, y = data(rng)
+    loss = nn.manual.loss(model, X, y, 0.1)
+    nn.manual.check(model, X, y, reg=0.1)
+    loss.backward()
+    assert model.fc1.weight.grad is not None
+
+
 def test_check_perturbs_at_most_entries_random_entries_per_parameter(rng):
     model = nn.TwoLayerNet(20, 30, 3, seed=0, dtype=np.float64)
     report = nn.manual.check(model, *data(rng, d=20), entries=10)
