@@ -638,13 +638,18 @@ def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, 
 
 def _note_inherited(rows: list[GradRow], tensors: list[Tensor], graph: _Graph) -> list[GradRow]:
     """Tell a wrong row that a wrong gradient downstream of it may be the cause."""
-    wrong = [(t.name, graph.ancestors(t)) for t, row in zip(tensors, rows) if not row.ok]
+    wrong = [(row, graph.ancestors(t)) for t, row in zip(tensors, rows) if not row.ok]
     noted = []
     for t, row in zip(tensors, rows):
-        downstream = [name for name, ancestors in wrong if id(t) in ancestors]
+        downstream = [cause for cause, ancestors in wrong if id(t) in ancestors]
         if row.ok or row.verdict == "WRONG" or not downstream:
             noted.append(row)
             continue
-        note = f"may follow from the wrong gradient of {downstream[0]!r} (fix that first); on its own it "
-        noted.append(dataclasses.replace(row, diagnosis=note + row.diagnosis))
+        cause = downstream[0]
+        if row.diagnosis == cause.diagnosis:
+            sentence = f"carries the mistake of {cause.name!r} along (fix that first)"
+        else:
+            sentence = (f"may follow from the wrong gradient of {cause.name!r} (fix that first); on its "
+                        f"own it {row.diagnosis}")
+        noted.append(dataclasses.replace(row, diagnosis=sentence))
     return noted

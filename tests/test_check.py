@@ -360,6 +360,15 @@ def test_first_wrong_is_the_wrong_step_not_the_steps_that_inherit_its_error(rng)
     assert report["W1"].diagnosis.startswith("may follow from the wrong gradient of 'z' (fix that first)")
 
 
+def test_a_row_with_the_same_mistake_as_the_wrong_step_says_it_carries_it_along(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    upstream = rng.standard_normal(out.shape)
+    manual = manual_small_net(X, W1, b1, W2, z, h, 2 * upstream)  # every step twice too large
+    report = mt.check_manual(out, manual, gradient=upstream)
+    assert report.first_wrong == "out" and report["out"].diagnosis.startswith("is twice")
+    assert report["W1"].diagnosis == "carries the mistake of 'out' along (fix that first)"
+
+
 def test_check_manual_touches_no_grad_and_keeps_the_graph(rng):
     X, W1, b1, W2, z, h, out = small_net(rng)
     upstream = rng.standard_normal(out.shape)
