@@ -585,8 +585,7 @@ def _rule(t: Tensor, i: int, g: np.ndarray) -> np.ndarray:
     """What the tape's backward rule of the op that made ``t`` sends to its input ``i`` for the
     upstream gradient ``g``, at the values the op saw (summed back to the input's shape)."""
     node = t._node
-    params = node.params if node.saved is None else {**node.params, "saved": node.saved}
-    through = node.op.vjps[i](g, t.data, *node.arrays, **params)
+    through = node.op.vjps[i](g, t.data, *node.arrays, **node.first_order_params())
     return np.asarray(unbroadcast(through, np.shape(node.arrays[i])), dtype=np.float64)
 
 
