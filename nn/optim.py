@@ -1,0 +1,273 @@
+"""Optimizers (SGD, Adam) and learning-rate schedules (StepLR, ExponentialLR), as in ``torch.optim``.
+
+Optimizers update each parameter's array in place, so the Parameter objects a model
+holds (and anything else referring to them) stay the same objects.
+
+>>> import numpy as np
+>>> import microtensor as mt
+>>> w = mt.Tensor([1.0, -2.0], requires_grad=True)
+>>> opt = SGD([w], lr=0.1)
+>>> (w * w).sum().backward(); opt.step(); w.data
+array([ 0.8, -1.6])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+import microtensor as mt
+
+
+def _check_at_least(where: str, name: str, value: float, low: float = 0.0) -> None:
+    if not value >= low:  # also rejects nan
+        raise ValueError(f"{where}: invalid {name} {value!r}; it must be >= {low}")
+
+
+State = dict[str, Any]  # per-parameter buffers: momentum, Adam's moments, a scratch array
+Group = dict[str, Any]  # "params" and the settings that apply to them: lr, momentum, ...
+
+
+def _work_buffer(state: State, param: np.ndarray) -> np.ndarray:
+    """A scratch array kept with the parameter's state, so a step allocates nothing."""
+    work = state.get("work")
+    if work is None:
+        work = state["work"] = np.empty_like(param)
+    return work
+
+
+class Optimizer:
+    """Base class: holds parameter groups (dicts with ``"params"`` and settings) and state.
+
+    ``params`` is an iterable of Tensors that require grad, or of dicts each with
+    ``"params"`` and any settings that differ from the defaults, as in PyTorch.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        where = type(self).__name__
+        params = list(params)
+        if not params:
+            raise ValueError(f"{where}: got an empty parameter list; pass e.g. model.parameters()")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.defaults = defaults
+        self.param_groups: list[dict[str, Any]] = [self._group(g, where) for g in groups]
+        self.state: dict[mt.Tensor, dict[str, Any]] = {}
+
+    def _group(self, group: dict[str, Any], where: str) -> dict[str, Any]:
+        group = {**self.defaults, **group, "params": list(group["params"])}
+        self._check_settings(group)
+        for p in group["params"]:
+            if not isinstance(p, mt.Tensor) or not p.requires_grad:
+                raise TypeError(f"{where}: every parameter must be a Tensor with requires_grad=True, "
+                                f"got {type(p).__name__}")
+        return group
+
+    def _check_settings(self, group: dict[str, Any]) -> None:
+        _check_at_least(type(self).__name__, "learning rate lr", group["lr"])
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient (``.grad`` becomes None, as in PyTorch)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient, in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if isinstance(grad, mt.Tensor):  # after backward(create_graph=True)
+                    grad = grad.data
+                state = self.state.get(p)
+                if state is None:
+                    state = self.state[p] = {}
+                self._update(p.data, grad, state, group)
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay.
+
+    Exactly ``torch.optim.SGD``: ``g = grad + weight_decay * p``; with momentum,
+    ``buf = g`` at the first step, then ``buf = momentum * buf + (1 - dampening) * g``,
+    and the step is ``buf`` (or ``g + momentum * buf`` with Nesterov); ``p -= lr * step``.
+
+    >>> w = mt.Tensor([1.0], requires_grad=True)
+    >>> opt = SGD([w], lr=0.5, momentum=0.9)
+    >>> for _ in range(2):
+    ...     opt.zero_grad(); (w * 1.0).sum().backward(); opt.step()
+    >>> w.data  # 1 - 0.5 * 1 - 0.5 * (0.9 + 1)
+    array([-0.45])
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov)
+        super().__init__(params, defaults)
+
+    def _check_settings(self, group: dict[str, Any]) -> None:
+        super()._check_settings(group)
+        _check_at_least("SGD", "momentum", group["momentum"])
+        _check_at_least("SGD", "weight_decay", group["weight_decay"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
+        momentum, weight_decay = group["momentum"], group["weight_decay"]
+        work = _work_buffer(state, param)
+        if weight_decay:
+            np.multiply(param, weight_decay, out=work)
+            grad = np.add(work, grad, out=work)
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(grad, copy=True)
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * grad if group["dampening"] else grad
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        np.multiply(grad, group["lr"], out=work)
+        param -= work
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), exactly ``torch.optim.Adam``, including L2 ``weight_decay`` and amsgrad.
+
+    ``g = grad + weight_decay * p``; ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+
+    >>> w = mt.Tensor([1.0, -1.0], requires_grad=True)
+    >>> opt = Adam([w], lr=0.1)
+    >>> (w * 3.0).sum().backward(); opt.step(); w.data  # the first step moves each entry by ~lr
+    array([ 0.9, -1.1])
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(params, defaults)
+
+    def _check_settings(self, group: dict[str, Any]) -> None:
+        super()._check_settings(group)
+        _check_at_least("Adam", "eps", group["eps"])
+        _check_at_least("Adam", "weight_decay", group["weight_decay"])
+        for beta in group["betas"]:
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Adam: invalid beta {beta!r}; betas must be in [0, 1)")
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
+        beta1, beta2 = group["betas"]
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * param
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = np.zeros_like(param)
+        state["step"] += 1
+        m, v, work = state["exp_avg"], state["exp_avg_sq"], _work_buffer(state, param)
+        m *= beta1
+        np.multiply(grad, 1 - beta1, out=work)
+        m += work
+        v *= beta2
+        np.multiply(grad, grad, out=work)
+        work *= 1 - beta2
+        v += work
+        if group["amsgrad"]:
+            v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+        np.sqrt(v, out=work)
+        work /= math.sqrt(1 - beta2 ** state["step"])
+        work += group["eps"]
+        np.divide(m, work, out=work)
+        work *= group["lr"] / (1 - beta1 ** state["step"])
+        param -= work
+
+
+class LRScheduler:
+    """Base class: ``step()`` once per epoch multiplies each group's ``lr`` by ``factor(epoch)``.
+
+    Like PyTorch's chainable schedulers, it scales the current ``lr``, so changes made
+    to it by hand carry on. ``get_last_lr()`` lists the current rates.
+    """
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.last_epoch = 0
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    def factor(self, epoch: int) -> float:
+        """The multiplier applied to ``lr`` when the schedule reaches ``epoch``."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Advance one epoch and update every group's ``lr``."""
+        self.last_epoch += 1
+        multiplier = self.factor(self.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= multiplier
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of each parameter group now."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+
+class StepLR(LRScheduler):
+    """Multiply ``lr`` by ``gamma`` every ``step_size`` epochs (``torch.optim.lr_scheduler.StepLR``).
+
+    >>> opt = SGD([mt.Tensor([0.0], requires_grad=True)], lr=1.0)
+    >>> sched = StepLR(opt, step_size=2, gamma=0.5)
+    >>> [(sched.step(), sched.get_last_lr()[0])[1] for _ in range(4)]
+    [1.0, 0.5, 0.5, 0.25]
+    """
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
+        _check_at_least("StepLR", "gamma", gamma)
+        super().__init__(optimizer)
+        self.step_size, self.gamma = step_size, gamma
+
+    def factor(self, epoch: int) -> float:
+        return self.gamma if epoch % self.step_size == 0 else 1.0
+
+
+class ExponentialLR(LRScheduler):
+    """Multiply ``lr`` by ``gamma`` every epoch (``torch.optim.lr_scheduler.ExponentialLR``).
+
+    >>> opt = SGD([mt.Tensor([0.0], requires_grad=True)], lr=1.0)
+    >>> sched = ExponentialLR(opt, gamma=0.5); sched.step(); sched.step()
+    >>> sched.get_last_lr()
+    [0.25]
+    """
+
+    def __init__(self, optimizer: Optimizer, gamma: float) -> None:
+        _check_at_least("ExponentialLR", "gamma", gamma)
+        super().__init__(optimizer)
+        self.gamma = gamma
+
+    def factor(self, epoch: int) -> float:
+        return self.gamma

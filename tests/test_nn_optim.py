@@ -1,0 +1,226 @@
+"""nn.optim: SGD and Adam step for step against torch.optim, schedulers against torch's, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import requires_torch, torch
+
+import microtensor as mt
+import nn
+from nn import functional as F
+from nn.optim import SGD, Adam, ExponentialLR, StepLR
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(16, 4)), rng.integers(0, 3, size=16)
+
+
+def _torch_twin(model):
+    """torch leaf tensors holding the same initial weights as ``model``, in the same order."""
+    return [torch.tensor(p.data.copy(), requires_grad=True) for p in model.parameters()]
+
+
+def _torch_loss(params, X, y):
+    W1, b1, W2, b2 = params
+    logits = torch.relu(torch.tensor(X) @ W1 + b1) @ W2 + b2
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(y))
+
+
+def _train_both(make_ours, make_theirs, steps, seed=0):
+    """Run ``steps`` full-batch steps on a float64 TwoLayerNet and its torch twin; return both weights."""
+    X, y = _data(seed)
+    model = nn.TwoLayerNet(4, 5, 3, seed=seed, dtype=np.float64)
+    twin = _torch_twin(model)
+    ours, theirs = make_ours(list(model.parameters())), make_theirs(twin)
+    for _ in range(steps):
+        ours.zero_grad()
+        F.cross_entropy(model(X), y).backward()
+        ours.step()
+        theirs.zero_grad()
+        _torch_loss(twin, X, y).backward()
+        theirs.step()
+    return [p.data for p in model.parameters()], [t.detach().numpy() for t in twin]
+
+
+SGD_SETTINGS = [
+    dict(lr=0.1),
+    dict(lr=0.1, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: ",".join(s))
+@pytest.mark.parametrize("steps", [1, 5])
+def test_sgd_matches_torch_sgd_to_1e_10_from_the_same_weights(settings, steps):
+    ours, theirs = _train_both(lambda p: SGD(p, **settings), lambda p: torch.optim.SGD(p, **settings), steps)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+ADAM_SETTINGS = [
+    dict(lr=0.01),
+    dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+    dict(lr=0.01, weight_decay=0.05),
+    dict(lr=0.01, amsgrad=True),
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("settings", ADAM_SETTINGS, ids=lambda s: ",".join(s))
+@pytest.mark.parametrize("steps", [1, 5])
+def test_adam_matches_torch_adam_to_1e_10_from_the_same_weights(settings, steps):
+    make_theirs = lambda p: torch.optim.Adam(p, **settings)
+    ours, theirs = _train_both(lambda p: Adam(p, **settings), make_theirs, steps)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_one_sgd_step_is_w_minus_lr_times_grad_plus_weight_decay():
+    w = mt.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    (w * np.array([3.0, 4.0])).sum().backward()
+    SGD([w], lr=0.1, weight_decay=0.5).step()
+    np.testing.assert_allclose(w.data, [1.0 - 0.1 * (3.0 + 0.5), -2.0 - 0.1 * (4.0 - 1.0)])
+
+
+def test_first_adam_step_moves_each_weight_by_about_lr_against_the_gradient_sign():
+    w = mt.Tensor(np.array([1.0, -2.0, 0.5]), requires_grad=True)
+    (w * np.array([3.0, -0.01, 100.0])).sum().backward()
+    Adam([w], lr=0.1).step()
+    np.testing.assert_allclose(w.data, [0.9, -1.9, 0.4], atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+                                  lambda p: Adam(p, lr=0.1, weight_decay=0.1)])
+def test_a_step_updates_the_arrays_in_place_and_keeps_the_parameter_objects(make):
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    objects = [(p, p.data) for p in model.parameters()]
+    before = [p.data.copy() for p in model.parameters()]
+    opt = make(model.parameters())
+    F.cross_entropy(model(np.ones((2, 2), np.float32)), np.array([0, 1])).backward()
+    opt.step()
+    assert all(p is q and p.data is data for (p, data), q in zip(objects, model.parameters()))
+    assert not np.array_equal(before[0], model.fc1.weight.data)
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+                                  lambda p: Adam(p, lr=0.1, weight_decay=0.1)])
+def test_a_step_leaves_the_gradient_untouched(make):
+    w = mt.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (w * 3.0).sum().backward()
+    make([w]).step()
+    np.testing.assert_array_equal(w.grad, [3.0, 3.0])
+
+
+def test_a_parameter_without_a_gradient_is_skipped():
+    a, b = mt.Tensor([1.0], requires_grad=True), mt.Tensor([1.0], requires_grad=True)
+    (a * 2.0).sum().backward()
+    Adam([a, b], lr=0.1).step()
+    assert b.data[0] == 1.0 and a.data[0] != 1.0
+
+
+def test_float32_parameters_stay_float32():
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    opt = Adam(model.parameters(), lr=0.1, weight_decay=0.1)
+    F.cross_entropy(model(np.ones((2, 2))), np.array([0, 1])).backward()
+    opt.step()
+    assert all(p.dtype == np.float32 for p in model.parameters())
+
+
+def test_optimizer_zero_grad_clears_the_gradients_it_holds():
+    w = mt.Tensor([1.0], requires_grad=True)
+    opt = SGD([w], lr=0.1)
+    (w * 2.0).sum().backward()
+    opt.zero_grad()
+    assert w.grad is None
+
+
+def test_parameter_groups_take_their_own_settings():
+    a, b = mt.Tensor([1.0], requires_grad=True), mt.Tensor([1.0], requires_grad=True)
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 1.0}], lr=0.1)
+    (a + b).sum().backward()
+    opt.step()
+    assert a.data[0] == pytest.approx(0.9) and b.data[0] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: SGD([], lr=0.1), "SGD: got an empty parameter list"),
+    (lambda: Adam(iter([])), "Adam: got an empty parameter list"),
+    (lambda: SGD([mt.Tensor([1.0], requires_grad=True)], lr=-0.1), "SGD: invalid learning rate lr -0.1"),
+    (lambda: Adam([mt.Tensor([1.0], requires_grad=True)], lr=-1e-3), "Adam: invalid learning rate lr"),
+    (lambda: SGD([mt.Tensor([1.0], requires_grad=True)], momentum=-0.5), "invalid momentum"),
+    (lambda: SGD([mt.Tensor([1.0], requires_grad=True)], nesterov=True), "nesterov=True needs momentum > 0"),
+    (lambda: Adam([mt.Tensor([1.0], requires_grad=True)], betas=(0.9, 1.0)), "betas must be in"),
+    (lambda: Adam([mt.Tensor([1.0], requires_grad=True)], weight_decay=-1), "invalid weight_decay"),
+])
+def test_bad_optimizer_settings_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_tensor_that_does_not_require_grad_is_not_a_parameter():
+    with pytest.raises(TypeError, match="requires_grad=True"):
+        SGD([mt.Tensor([1.0])], lr=0.1)
+
+
+# -- schedulers --------------------------------------------------------------------------------------
+def _rates(opt, sched, epochs):
+    """The learning rate after each of ``epochs`` (step, scheduler step) rounds; works for torch too."""
+    rates = []
+    for _ in range(epochs):
+        opt.step()
+        sched.step()
+        rates.append(sched.get_last_lr()[0])
+    return rates
+
+
+def _our_rates(make, epochs):
+    opt = SGD([mt.Tensor([0.0], requires_grad=True)], lr=0.5)
+    return _rates(opt, make(opt), epochs)
+
+
+@requires_torch
+@pytest.mark.parametrize("name, kwargs", [("StepLR", dict(step_size=3, gamma=0.5)),
+                                          ("StepLR", dict(step_size=1, gamma=0.9)),
+                                          ("ExponentialLR", dict(gamma=0.95))])
+def test_schedulers_give_the_same_rates_as_torch(name, kwargs):
+    ours = _our_rates(lambda opt: getattr(nn.optim, name)(opt, **kwargs), 12)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    theirs = _rates(opt, getattr(torch.optim.lr_scheduler, name)(opt, **kwargs), 12)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-14)
+
+
+def test_step_lr_multiplies_by_gamma_every_step_size_epochs():
+    assert _our_rates(lambda opt: StepLR(opt, step_size=2, gamma=0.1), 5) == pytest.approx(
+        [0.5, 0.05, 0.05, 0.005, 0.005])
+
+
+def test_exponential_lr_multiplies_by_gamma_every_epoch():
+    assert _our_rates(lambda opt: ExponentialLR(opt, gamma=0.5), 3) == pytest.approx([0.25, 0.125, 0.0625])
+
+
+def test_a_scheduled_rate_is_what_the_optimizer_uses():
+    w = mt.Tensor([0.0], requires_grad=True)
+    opt = SGD([w], lr=1.0)
+    ExponentialLR(opt, gamma=0.5).step()
+    (w * 1.0).sum().backward()
+    opt.step()
+    assert w.data[0] == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda opt: StepLR(opt, step_size=0), "step_size must be a positive integer"),
+    (lambda opt: ExponentialLR(opt, gamma=-0.5), "invalid gamma"),
+])
+def test_bad_scheduler_settings_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(SGD([mt.Tensor([0.0], requires_grad=True)], lr=0.1))
+
+
+def test_a_scheduler_needs_an_optimizer():
+    with pytest.raises(TypeError, match="StepLR: expected an Optimizer"):
+        StepLR([], step_size=1)
