@@ -6,6 +6,7 @@
 array([ 4., -2.])
 """
 
+from microtensor.anomaly import AnomalyError, detect_anomaly
 from microtensor.autograd import (
     Op,
     Tape,
@@ -20,6 +21,7 @@ from microtensor.ops import (
     add,
     div,
     exp,
+    linear,
     log,
     log_softmax,
     matmul,
@@ -32,6 +34,7 @@ from microtensor.ops import (
     reshape,
     sigmoid,
     softmax,
+    softmax_cross_entropy,
     sub,
     sum,
     tanh,
@@ -41,7 +44,8 @@ from microtensor.tensor import Tensor
 
 __all__ = [
     "Tensor", "Op", "Tape", "grad", "tape", "no_grad", "enable_grad", "is_grad_enabled", "scope",
-    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log",
-    "log_softmax", "softmax", "sum", "mean", "max", "reshape", "transpose",
+    "detect_anomaly", "AnomalyError",
+    "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log", "linear",
+    "log_softmax", "softmax", "softmax_cross_entropy", "sum", "mean", "max", "reshape", "transpose",
 ]
 __version__ = "0.1.0"

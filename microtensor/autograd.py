@@ -9,9 +9,10 @@ runs the forward and, when gradients are wanted, appends a :class:`Node` to the 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ContextDecorator
+from contextlib import ContextDecorator, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,19 +109,22 @@ def is_grad_enabled() -> bool:
 class Node:
     """One recorded op application: what backward needs to send gradients to the inputs."""
 
-    __slots__ = ("op", "inputs", "params", "position", "freed", "scope", "origin")
+    __slots__ = ("op", "inputs", "arrays", "params", "saved", "position", "freed", "scope", "origin")
 
-    def __init__(self, op: Op, inputs: tuple, params: dict) -> None:
+    def __init__(self, op: Op, inputs: tuple, arrays: list, params: dict, saved: Any) -> None:
         self.op = op
         self.inputs = inputs  # Tensors, or raw constants (Python scalars, ndarrays)
+        self.arrays = arrays  # the inputs' arrays, as the first-order VJPs take them
         self.params = params  # non-differentiable arguments such as axis
+        self.saved = saved  # what a ``saves=True`` op's forward kept for its VJPs
         self.position = next(_tape_position)  # execution order; also a topological order
         self.freed = False
         self.scope = _scopes.current  # e.g. ("TwoLayerNet", "fc1"), for grouping in pictures
+        self.origin = None if _anomaly.detector is None else _user_location()
 
 
 def _shapes(values: Iterable[Any]) -> str:
-    return ", ".join(str(np.shape(v.data if isinstance(v, Tensor) else v)) for v in values)
+    return ", ".join(str(np.shape(v._data if isinstance(v, Tensor) else v)) for v in values)
 
 
 class Op:
@@ -131,47 +135,56 @@ class Op:
     ``create_graph=True``, so a VJP is written with operators and methods that both
     share. Gradients are summed back to each input's shape by the tape, not the VJP.
 
+    An op whose derivative needs a value its forward computed anyway (the softmax inside
+    a cross-entropy, say) is made with ``saves=True``: its forward returns
+    ``(out, saved)``, and on the first-order path its VJPs get ``saved=`` as a keyword.
+    Under ``create_graph`` they get no ``saved`` and recompute, so the value is differentiated.
+
     >>> double = Op("double", lambda x: 2 * x, lambda g, out, x: 2 * g)
     >>> double(Tensor([1.0, 2.0])).data
     array([2., 4.])
     """
 
-    __slots__ = ("name", "forward", "vjps", "differentiable")
+    __slots__ = ("name", "forward", "vjps", "differentiable", "saves")
 
-    def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any]):
+    def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any],
+                 saves: bool = False):
         self.name = name
         self.forward = forward
         self.vjps = vjps
         self.differentiable = bool(vjps)
+        self.saves = saves
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:
-        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
         try:
             out = self.forward(*arrays, **params)
         except (ValueError, TypeError, IndexError) as err:
             raise type(err)(f"{self.name}: {err} (input shapes: {_shapes(args)})") from None
+        saved = None
+        if self.saves:
+            out, saved = out
         if type(out) is not np.ndarray:
             out = np.asarray(out)
-        if anomaly_checks.active is not None:
-            anomaly_checks.active.check_forward(self, args, out)
         result = Tensor.__new__(Tensor)
-        result.data = out
+        result._data = out
         result.grad = None
         result.name = None
         result._retains_grad = False
+        result._modified_at = -1
         result.requires_grad = False
         result._node = None
         if self.differentiable and _grad_mode.enabled:
             for a in args:
                 if isinstance(a, Tensor) and a.requires_grad:
                     result.requires_grad = True
-                    result._node = Node(self, args, params)
-                    if anomaly_checks.active is not None:
-                        anomaly_checks.active.record_origin(result._node)
+                    result._node = Node(self, args, arrays, params, saved)
                     break
+        if _anomaly.detector is not None:
+            _anomaly.detector.check_forward(self, result, args)
         return result
 
     def either(self, *args: Any, **params: Any) -> Any:
@@ -179,13 +192,30 @@ class Op:
         for a in args:
             if isinstance(a, Tensor):
                 return self(*args, **params)
-        return self.forward(*args, **params)
+        out = self.forward(*args, **params)
+        return out[0] if self.saves else out
 
 
-class anomaly_checks:
-    """Where ``detect_anomaly`` plugs in; ``None`` outside it, so the hot path pays one test."""
+class _Anomaly(threading.local):
+    # Where ``detect_anomaly`` plugs in; None outside it, so the hot path pays one test.
+    detector: Any = None
 
-    active: Any = None
+
+_anomaly = _Anomaly()
+_LIBRARY_PACKAGES = ("microtensor", "nn")
+
+
+def _user_location() -> str:
+    """``file:line`` of the innermost caller outside microtensor and nn: the user's code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_PACKAGES:
+        frame = frame.f_back
+    return "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def next_position() -> int:
+    """A tape position later than every op recorded so far (marks in-place changes too)."""
+    return next(_tape_position)
 
 
 def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
@@ -199,10 +229,12 @@ def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
     leading = grad.ndim - len(shape)
     if leading < 0:
         raise ValueError(f"gradient of shape {grad.shape} cannot reduce to shape {shape}")
-    axes = tuple(range(leading)) + tuple(
-        leading + i for i, n in enumerate(shape) if n == 1 and grad.shape[leading + i] != 1
-    )
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+    if leading:
+        grad = grad.sum(axis=0 if leading == 1 else tuple(range(leading)))
+    if 1 not in shape or grad.shape == shape:
+        return grad
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=stretched, keepdims=True)
 
 
 def _freed_graph_error() -> RuntimeError:
@@ -218,34 +250,34 @@ def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
 
     Iterative, so arbitrarily long chains do not hit the recursion limit.
     """
-    seen: set[int] = set()
-    found: list[Tensor] = []
+    seen: set[Node] = set()
+    found: list[tuple[int, Tensor]] = []
     stack = [t for t in outputs if t._node is not None]
     while stack:
         t = stack.pop()
         node = t._node
-        if id(node) in seen:
+        if node in seen:
             continue
-        seen.add(id(node))
-        found.append(t)
+        seen.add(node)
+        found.append((node.position, t))
         for a in node.inputs:
-            if isinstance(a, Tensor) and a._node is not None and id(a._node) not in seen:
+            if isinstance(a, Tensor) and a._node is not None and a._node not in seen:
                 stack.append(a)
-    found.sort(key=lambda t: t._node.position, reverse=True)
-    return found
+    found.sort(reverse=True)  # positions are unique, so tensors are never compared
+    return [t for _, t in found]
 
 
 def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
     if gradient is None:
-        if output.data.size != 1:
+        if output._data.size != 1:
             raise ValueError(
                 f"backward: grad can be implicitly created only for scalar outputs, but the "
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        gradient = np.ones_like(output.data)
+        gradient = np.ones_like(output._data)
     elif isinstance(gradient, Tensor):
-        gradient = gradient if create_graph else gradient.data
+        gradient = gradient if create_graph else gradient._data
     else:
         gradient = np.asarray(gradient, dtype=output.dtype)
     if gradient.shape != output.shape:
@@ -288,11 +320,13 @@ def run_backward(
     for out, gradient in zip(outputs, gradients):
         _accumulate(grads, id(out), _root_gradient(out, gradient, create_graph))
     wanted = None if inputs is None else {id(t) for t in inputs}
-    order = recorded_nodes(outputs)
     captured: dict[int, Any] = {}
     leaves: dict[int, Tensor] = {}
-    with _SetGradModeTo(create_graph):
-        for t in order:
+    detector = _anomaly.detector
+    # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
+    # VJPs only record when handed Tensors, so grad mode matters only for create_graph.
+    with (enable_grad() if create_graph else nullcontext()), np.errstate(all="ignore"):
+        for t in recorded_nodes(outputs):
             node = t._node
             if node.freed:
                 raise _freed_graph_error()
@@ -303,24 +337,34 @@ def run_backward(
                 if id(t) in wanted:
                     captured[id(t)] = g
             elif t._retains_grad:
-                t.grad = _add_into(t.grad, g, t)
+                t.grad = _add_into(t.grad, _as_gradient(g, t, create_graph), t)
             if create_graph:
-                out, args = t, node.inputs
+                out, args, params = t, node.inputs, node.params
             else:
-                out = t.data
-                args = [a.data if isinstance(a, Tensor) else a for a in node.inputs]
+                out, args = t._data, node.arrays
+                params = node.params if node.saved is None else {**node.params, "saved": node.saved}
+            if t._modified_at > node.position:
+                raise _modified_error(node, t, "its output")
             for i, a in enumerate(node.inputs):
-                if not (isinstance(a, Tensor) and a.requires_grad):
+                if not isinstance(a, Tensor):
                     continue
-                ga = node.op.vjps[i](g, out, *args, **node.params)
-                if anomaly_checks.active is not None:
-                    anomaly_checks.active.check_backward(node, i, ga)
-                ga = unbroadcast(ga, a.data.shape)
+                if a._modified_at > node.position:
+                    raise _modified_error(node, a, f"input {i}")
+                if not a.requires_grad:
+                    continue
+                ga = node.op.vjps[i](g, out, *args, **params)
+                if detector is not None:
+                    detector.check_backward(node, i, ga)
+                if ga.shape != a._data.shape:
+                    ga = unbroadcast(ga, a._data.shape)
                 if a._node is None:
                     leaves[id(a)] = a
+                    if not create_graph and (ga is g or ga.base is not None):
+                        ga = ga.copy()  # a leaf's .grad never shares memory with another array
                 _accumulate(grads, id(a), ga)
             if not retain_graph:
                 node.freed = True
+                node.saved = None
     if wanted is not None:
         for key in wanted:
             if key in grads:  # a leaf, or a tensor no recorded op consumed
@@ -331,9 +375,14 @@ def run_backward(
     return None
 
 
-class _SetGradModeTo(_SetGradMode):
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
+def _modified_error(node: Node, tensor: Tensor, role: str) -> RuntimeError:
+    label = f"{tensor.name!r} " if tensor.name else ""
+    return RuntimeError(
+        f"backward: {label}(shape {tensor.shape}), {role} of {node.op.name} (tape position "
+        f"{node.position}), was modified in place after the op used it, so its gradient "
+        f"would be wrong. Change tensors after backward (e.g. optimizer.step() after "
+        f"loss.backward()), or run the forward again after changing them."
+    )
 
 
 def _as_gradient(grad: Any, t: Tensor, create_graph: bool) -> Any:
@@ -348,8 +397,10 @@ def _as_gradient(grad: Any, t: Tensor, create_graph: bool) -> Any:
 
 
 def _add_into(current: Any, grad: Any, t: Tensor) -> Any:
-    fresh = _as_gradient(grad, t, isinstance(grad, Tensor))
-    return fresh if current is None else current + fresh
+    """``current + grad`` in ``t``'s dtype; ``grad`` is the caller's to hand over."""
+    if grad.dtype != t._data.dtype:
+        grad = grad.astype(t._data.dtype)
+    return grad if current is None else current + grad
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,20 @@ def _matmul_grad_b(g: Any, out: Any, a: Any, b: Any) -> Any:
 matmul = Op("matmul", np.matmul, _matmul_grad_a, _matmul_grad_b)
 
 
+def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
+    out = np.matmul(x, weight)
+    if getattr(bias, "dtype", None) == out.dtype:
+        return np.add(out, bias, out=out)  # into the fresh product: one array, not two
+    return out + bias
+
+
+# A layer's x @ W + b as one node: half the bookkeeping of matmul then add.
+linear = Op("linear", _linear,
+            lambda g, out, x, weight, bias: _matmul_grad_a(g, out, x, weight),
+            lambda g, out, x, weight, bias: _matmul_grad_b(g, out, x, weight),
+            lambda g, out, x, weight, bias: g)
+
+
 # -- element-wise functions ------------------------------------------------------------------
 def _relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
@@ -133,6 +147,39 @@ log_softmax = Op("log_softmax", _log_softmax,
 
 softmax = Op("softmax", _softmax,
              lambda g, out, x, axis=-1: out * (g - (g * out).sum(axis=axis, keepdims=True)))
+
+
+# -- softmax cross-entropy, fused: one node, and a backward of softmax minus the target ------
+def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if logits.ndim != 2 or target.shape not in (logits.shape[:1], logits.shape):
+        raise ValueError("logits must have shape (N, C) and target (N,) integer labels or "
+                         "(N, C) class probabilities")
+    logp = _log_softmax(logits)
+    if target.ndim == 1:
+        return -logp[np.arange(len(logits)), target].mean(), logp
+    return -(target * logp).sum() / len(logits), logp
+
+
+def _cross_entropy_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any = None) -> Any:
+    if saved is not None and target.ndim == 1:
+        # The training hot path: the same rule, in place on the forward's probabilities.
+        grad = np.exp(saved)
+        grad.reshape(-1)[np.arange(0, grad.size, grad.shape[1]) + target] -= 1
+        grad *= g.item() / len(logits)
+        return grad
+    if target.ndim == 1:  # labels: the target distribution is their one-hot rows
+        labels, target = target, np.zeros(logits.shape, dtype=logits.dtype)
+        target[np.arange(len(labels)), labels] = 1
+    return (softmax.either(logits) - target) * (g / len(logits))
+
+
+def _cross_entropy_target_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any = None) -> Any:
+    logp = log_softmax.either(logits) if saved is None else saved
+    return logp * (-g / len(logits))
+
+
+softmax_cross_entropy = Op("softmax_cross_entropy", _cross_entropy, _cross_entropy_grad,
+                           _cross_entropy_target_grad, saves=True)
 
 
 # -- reductions ------------------------------------------------------------------------------

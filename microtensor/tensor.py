@@ -29,7 +29,7 @@ class Tensor:
     array([2., 4., 6.])
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "name", "_node", "_retains_grad")
+    __slots__ = ("_data", "grad", "requires_grad", "name", "_node", "_retains_grad", "_modified_at")
     # Make NumPy hand `ndarray + tensor` to Tensor.__radd__ instead of looping over it.
     __array_ufunc__ = None
 
@@ -43,33 +43,50 @@ class Tensor:
         if isinstance(data, Tensor):
             data = data.data
         try:
-            self.data = np.asarray(data, dtype=dtype)
+            self._data = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError) as err:
             raise TypeError(f"Tensor: cannot make an array of {type(data).__name__}: {err}") from None
         if requires_grad:
-            _check_differentiable_dtype(self.data.dtype, "Tensor")
+            _check_differentiable_dtype(self._data.dtype, "Tensor")
         self.requires_grad = bool(requires_grad)
         self.grad: Any = None
         self.name = name
         self._node = None
         self._retains_grad = False
+        self._modified_at = -1
 
     # -- what it is -------------------------------------------------------------------
     @property
+    def data(self) -> np.ndarray:
+        """The ndarray. Assigning to it, including in place (``t.data -= lr * t.grad``),
+        marks the tensor as modified, so a backward that needs its old value refuses to run.
+        """
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        if value is not self._data:  # `t.data -= x` assigns the same, updated, array back
+            value = np.asarray(value)
+            if self.requires_grad:
+                _check_differentiable_dtype(value.dtype, "Tensor.data")
+            self._data = value
+        self._modified_at = autograd.next_position()
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return self.data.shape
+        return self._data.shape
 
     @property
     def ndim(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self) -> int:
-        return self.data.size
+        return self._data.size
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def is_leaf(self) -> bool:

@@ -21,6 +21,23 @@ def _array(x: Any) -> np.ndarray:
     return x.data if isinstance(x, mt.Tensor) else np.asarray(x)
 
 
+def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> np.ndarray:
+    """``y`` as int labels (N,) or rows of class probabilities (N, C), checked against (N, C)."""
+    target = _array(y)
+    shape = inputs.shape
+    if target.ndim == 1 and target.dtype.kind in "iu":
+        if len(shape) != 2 or target.shape[0] != shape[0]:
+            raise ValueError(f"{where}: labels of shape {target.shape} do not match {what} of "
+                             f"shape {shape}; expected (N,) labels for (N, C) {what}")
+        if target.size and target.min() < 0:  # a negative label would silently index from the end
+            raise ValueError(f"{where}: labels must be in [0, {shape[1]}), got {target.min()}")
+        return target
+    if target.shape != shape or target.dtype.kind not in "fiub":
+        raise ValueError(f"{where}: targets of shape {target.shape} and dtype {target.dtype} do not "
+                         f"match {what} of shape {shape}; pass int labels (N,) or one-hot (N, C)")
+    return target.astype(inputs.dtype, copy=False)
+
+
 def nll_loss(logp: Any, y: Any) -> mt.Tensor:
     """Mean negative log-likelihood of log-probabilities ``logp`` (N, C).
 
@@ -31,29 +48,23 @@ def nll_loss(logp: Any, y: Any) -> mt.Tensor:
     0.4904
     """
     logp = logp if isinstance(logp, mt.Tensor) else mt.Tensor(logp)
-    labels = _array(y)
-    if labels.ndim == 1 and labels.dtype.kind in "iu":
-        if logp.ndim != 2 or labels.shape[0] != logp.shape[0]:
-            raise ValueError(f"nll_loss: labels of shape {labels.shape} do not match log-probs of "
-                             f"shape {logp.shape}; expected (N,) labels for (N, C) log-probs")
-        if labels.size and labels.min() < 0:  # a negative label would silently index from the end
-            raise ValueError(f"nll_loss: labels must be in [0, {logp.shape[1]}), got {labels.min()}")
-        return -logp[np.arange(labels.shape[0]), labels].mean()
-    if labels.shape != logp.shape or labels.dtype.kind not in "fiub":
-        raise ValueError(f"nll_loss: targets of shape {labels.shape} and dtype {labels.dtype} do not "
-                         f"match log-probs of shape {logp.shape}; pass int labels (N,) or one-hot (N, C)")
-    return -(logp * labels.astype(logp.dtype, copy=False)).sum() / logp.shape[0]
+    target = _target(y, logp, "nll_loss", "log-probs")
+    if target.ndim == 1:
+        return -logp[np.arange(target.shape[0]), target].mean()
+    return -(logp * target).sum() / logp.shape[0]
 
 
 def cross_entropy(logits: Any, y: Any) -> mt.Tensor:
     """Mean cross-entropy of ``logits`` (N, C) against int labels (N,) or one-hot (N, C).
 
-    Computed as ``nll_loss(log_softmax(logits), y)``, stable for large logits.
+    Equal to ``nll_loss(log_softmax(logits), y)`` and stable for large logits; recorded as
+    one fused op, whose backward is ``(softmax(logits) - one_hot(y)) / N``.
 
     >>> round(cross_entropy(np.zeros((3, 4)), np.array([0, 1, 2])).item(), 4)  # log(4)
     1.3863
     """
-    return nll_loss(mt.log_softmax(logits, axis=-1), y)
+    logits = logits if isinstance(logits, mt.Tensor) else mt.Tensor(logits)
+    return mt.softmax_cross_entropy(logits, _target(y, logits, "cross_entropy", "logits"))
 
 
 def mse_loss(pred: Any, target: Any) -> mt.Tensor:

@@ -87,7 +87,7 @@ class Linear(Module):
     def forward(self, x: Any) -> mt.Tensor:
         if self.bias is None:
             return mt.matmul(x, self.weight)
-        return mt.matmul(x, self.weight) + self.bias
+        return mt.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         has_bias = self.bias is not None

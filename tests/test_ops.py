@@ -224,3 +224,108 @@ def test_binary_ops_match_pytorch(shapes, rng):
         tout.backward(torch.tensor(upstream))
         np.testing.assert_allclose(a.grad, ta.grad.numpy(), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(b.grad, tb.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+# -- the fused softmax cross-entropy ----------------------------------------------------------
+def _ref_cross_entropy(logits, target):
+    logp = _ref_log_softmax(logits)
+    if target.ndim == 1:
+        return -logp[np.arange(len(target)), target].mean()
+    return -(target * logp).sum() / len(logits)
+
+
+def _targets(rng):
+    probabilities = rng.random((5, 4))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    return {"labels": rng.integers(0, 4, 5), "probabilities": probabilities}
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_softmax_cross_entropy_matches_finite_differences(kind, rng):
+    logits_val, target = rng.standard_normal((5, 4)) * 3, _targets(rng)[kind]
+    logits = Tensor(logits_val, requires_grad=True)
+    loss = mt.softmax_cross_entropy(logits, target)
+    assert loss.item() == pytest.approx(_ref_cross_entropy(logits_val, target), rel=1e-12)
+    loss.backward(np.array(0.7))
+    (expected,) = numeric_vjp(lambda x: _ref_cross_entropy(x, target), [logits_val], 0.7)
+    np.testing.assert_allclose(logits.grad, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_softmax_cross_entropy_gradient_with_respect_to_target_probabilities(rng):
+    logits_val, target_val = rng.standard_normal((5, 4)), _targets(rng)["probabilities"]
+    target = Tensor(target_val, requires_grad=True)
+    mt.softmax_cross_entropy(Tensor(logits_val), target).backward()
+    (expected,) = numeric_vjp(lambda t: _ref_cross_entropy(logits_val, t), [target_val], 1.0)
+    np.testing.assert_allclose(target.grad, expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_softmax_cross_entropy_second_derivatives_match_the_unfused_ops(kind, rng):
+    logits_val, target = rng.standard_normal((5, 4)), _targets(rng)[kind]
+    v = rng.standard_normal((5, 4))
+
+    def hessian_times_v(loss_of):
+        x = Tensor(logits_val, requires_grad=True)
+        (g,) = mt.grad(loss_of(x), x, create_graph=True)
+        return mt.grad((g * v).sum(), x)[0]
+
+    def unfused(x):
+        logp = x.log_softmax()
+        picked = logp[np.arange(5), target] if target.ndim == 1 else logp * target
+        return -picked.sum() / 5
+
+    np.testing.assert_allclose(hessian_times_v(lambda x: mt.softmax_cross_entropy(x, target)),
+                               hessian_times_v(unfused), rtol=1e-10, atol=1e-12)
+
+
+def test_softmax_cross_entropy_names_the_shapes_it_cannot_use():
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy.*\(N, C\).*\(5, 4\), \(3,\)"):
+        mt.softmax_cross_entropy(Tensor(np.zeros((5, 4))), np.zeros(3, dtype=int))
+
+
+@requires_torch
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_softmax_cross_entropy_matches_pytorch(kind, rng):
+    logits_val, target = rng.standard_normal((5, 4)) * 3, _targets(rng)[kind]
+    logits = Tensor(logits_val, requires_grad=True)
+    loss = mt.softmax_cross_entropy(logits, target)
+    loss.backward()
+    t_logits = torch.tensor(logits_val, requires_grad=True)
+    t_loss = torch.nn.functional.cross_entropy(t_logits, torch.tensor(target))
+    t_loss.backward()
+    assert loss.item() == pytest.approx(t_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(logits.grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# -- linear: x @ W + b as one node -------------------------------------------------------------
+@pytest.mark.parametrize("x_shape", [(5, 3), (3,), (2, 5, 3)], ids=str)
+def test_linear_gradients_match_finite_differences(x_shape, rng):
+    x_val, w_val, b_val = rng.standard_normal(x_shape), rng.standard_normal((3, 4)), rng.standard_normal(4)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (x_val, w_val, b_val))
+    out = mt.linear(x, w, b)
+    reference = lambda x, w, b: x @ w + b
+    np.testing.assert_allclose(out.data, reference(x_val, w_val, b_val), rtol=1e-12)
+    upstream = rng.standard_normal(out.shape)
+    out.backward(upstream)
+    for tensor, expected in zip((x, w, b), numeric_vjp(reference, [x_val, w_val, b_val], upstream)):
+        np.testing.assert_allclose(tensor.grad, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_linear_with_a_bias_of_another_dtype_promotes_like_numpy():
+    x = Tensor(np.ones((2, 3), dtype=np.float32))
+    w = Tensor(np.ones((3, 2), dtype=np.float32), requires_grad=True)
+    out = mt.linear(x, w, np.array([0.5, 0.25]))  # a float64 bias
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out.data, [[3.5, 3.25], [3.5, 3.25]])
+
+
+@requires_torch
+def test_linear_matches_pytorch(rng):
+    x_val, w_val, b_val = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)), rng.standard_normal(4)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (x_val, w_val, b_val))
+    tx, tw, tb = (torch.tensor(v, requires_grad=True) for v in (x_val, w_val, b_val))
+    upstream = rng.standard_normal((5, 4))
+    mt.linear(x, w, b).backward(upstream)
+    torch.nn.functional.linear(tx, tw.T, tb).backward(torch.tensor(upstream))
+    for mine, theirs in ((x, tx), (w, tw), (b, tb)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)

@@ -240,3 +240,38 @@ def test_ops_on_tensors_without_grad_are_not_recorded():
     x = Tensor(np.ones(3))
     y = (x * 2).exp()
     assert y.is_leaf and not y.requires_grad and len(mt.tape(y)) == 0
+
+
+def test_changing_a_saved_input_in_place_before_backward_is_an_error():
+    W = Tensor(np.ones((3, 2)), requires_grad=True, name="W")
+    x = Tensor(np.ones((4, 3)), requires_grad=True)
+    loss = (x @ W).sum()
+    W.data -= 0.1  # an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match=r"'W' \(shape \(3, 2\)\), input 1 of matmul.*in place"):
+        loss.backward()
+
+
+def test_changing_an_op_output_that_its_derivative_reads_is_an_error():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    e = x.exp()
+    loss = (e * 2.0).sum()
+    e.data *= 3
+    with pytest.raises(RuntimeError, match="in place"):
+        loss.backward()
+
+
+def test_changing_parameters_after_backward_is_the_normal_training_loop():
+    W = Tensor(np.ones((3, 2)), requires_grad=True)
+    x = np.ones((4, 3))
+    for _ in range(3):
+        loss = (x @ W).sum()
+        loss.backward()
+        W.data -= 0.1 * W.grad
+        W.zero_grad()
+    np.testing.assert_allclose(W.data, 1 - 3 * 0.1 * 4)
+
+
+def test_assigning_non_floating_data_to_a_tensor_that_requires_grad_is_a_type_error():
+    W = Tensor(np.ones(2), requires_grad=True)
+    with pytest.raises(TypeError, match="Tensor.data.*integer"):
+        W.data = np.array([1, 2])

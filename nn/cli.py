@@ -1,4 +1,4 @@
-"""The ``microtensor`` command line."""
+"""The ``microtensor`` command line (it lives in nn: it drives models, and the engine never imports nn)."""
 
 from __future__ import annotations
 
