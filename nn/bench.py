@@ -38,6 +38,8 @@ from typing import Any, Protocol
 import numpy as np
 
 import microtensor as mt
+from nn import functional, optim
+from nn.models import MLP, ThreeLayerNet, TwoLayerNet
 
 LEARNING_RATE = 0.05
 # Relative error allowed between an implementation's first step and the reference's.
@@ -254,6 +256,43 @@ class MicrotensorTensors:
         return [p.data for p in self.params]
 
 
+def nn_model(sizes: Sequence[int], dtype: Any) -> MLP | TwoLayerNet | ThreeLayerNet:
+    """The ``nn`` model a user would pick for these sizes: the notebooks' nets, else an MLP.
+
+    >>> type(nn_model((2, 32, 2), np.float64)).__name__
+    'TwoLayerNet'
+    """
+    if len(sizes) == 3:
+        return TwoLayerNet(*sizes, dtype=dtype)
+    if len(sizes) == 4:
+        return ThreeLayerNet(*sizes, dtype=dtype)
+    return MLP(sizes, dtype=dtype)
+
+
+class MicrotensorNN:
+    """What the targets are about: an ``nn`` model, ``cross_entropy`` and ``optim.SGD``."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.X, self.y = problem.X, problem.y
+        self.model = nn_model(problem.workload.sizes, problem.X.dtype)
+        names = [name for name, _ in self.model.named_parameters()]
+        self.model.load_state_dict(dict(zip(names, problem.weights)))
+        self.optimizer = optim.SGD(self.model.parameters(), lr=problem.lr)
+
+    def step(self) -> Any:
+        self.optimizer.zero_grad()
+        loss = functional.cross_entropy(self.model(self.X), self.y)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def gradients(self) -> list[np.ndarray] | None:
+        return [p.grad for p in self.model.parameters()]
+
+    def weights(self) -> list[np.ndarray] | None:
+        return [p.data for p in self.model.parameters()]
+
+
 class _TorchTrainer:
     """Shared by the PyTorch implementations: the batch as tensors, the loss function."""
 
@@ -385,6 +424,7 @@ IMPLEMENTATIONS = {
     for impl in (
         REFERENCE,
         FLOOR,
+        Implementation("microtensor-nn", "microtensor nn+optim", MicrotensorNN),
         Implementation("microtensor", "microtensor tensors", MicrotensorTensors),
         Implementation("torch", "PyTorch eager", TorchEager, requires="torch"),
         Implementation("torch-nn", "PyTorch nn+optim", TorchNN, requires="torch"),
@@ -392,7 +432,7 @@ IMPLEMENTATIONS = {
     )
 }
 # The implementation the issue's targets are about.
-TARGET = "microtensor"
+TARGET = "microtensor-nn"
 
 
 def implementation(name_or_impl: str | Implementation) -> Implementation:
@@ -856,8 +896,10 @@ def _cell(result: Result | None) -> str:
 
 
 def _columns(report: Report) -> list[str]:
-    names = [name for name in IMPLEMENTATIONS if any(r.implementation == name for r in report.results)]
-    return names + sorted({r.implementation for r in report.results} - set(names))
+    """Implementations other than the reference, in the registry's order, then any others."""
+    present = {r.implementation for r in report.results} - {REFERENCE.name}
+    names = [name for name in IMPLEMENTATIONS if name in present]
+    return names + sorted(present - set(names))
 
 
 def _label(name: str) -> str:
