@@ -210,6 +210,17 @@ def test_the_tape_of_a_three_layer_loss_is_timed():
     assert ("gradcheck" in tools) == hasattr(bench.mt, "gradcheck")
 
 
+def test_a_tool_that_raises_is_reported_as_failed_not_timed(monkeypatch):
+    def broken(*args, **kwargs):
+        raise TypeError("no len()")
+
+    monkeypatch.setattr(bench.mt, "gradcheck", broken, raising=False)
+    tools = bench.time_tools(repeats=1)
+    assert tools["gradcheck"] == "failed: TypeError: no len()"
+    assert [verdict for target, _, verdict, _ in bench.tool_targets(tools) if "gradcheck" in target] == [
+        "**not met**"]
+
+
 def test_main_prints_the_table_and_returns_zero_when_all_agree(capsys):
     code = bench.main(["--workloads", "W1", "--implementations", "microtensor"])
     out = capsys.readouterr().out
