@@ -245,7 +245,7 @@ def memory_lines(memory: dict[str, Any]) -> list[str]:
     if peaks:
         setting = memory.get("peak_setting", "")
         lines += [f"Peak RSS of a W4 training run ({setting}), each in its own process:",
-                  "", "| implementation | after setup (MiB) | peak (MiB) | training added (MiB) |",
+                  "", "| implementation | held after setup (MiB) | peak (MiB) | training added (MiB) |",
                   "|---|---:|---:|---:|"]
         for name, peak in peaks.items():
             added = peak["peak_kib"] - peak["setup_kib"]

@@ -197,7 +197,7 @@ class MicrotensorNN:
 
 
 class _TorchTrainer:
-    """Shared by the PyTorch implementations: the batch as tensors, the loss function."""
+    """Shared by the PyTorch implementations: the torch module and the batch as tensors."""
 
     def __init__(self, problem: Problem) -> None:
         import torch
