@@ -41,10 +41,14 @@ How it is measured:
 - "matmuls only" runs just the matrix products a step makes: the floor BLAS sets.
 - scikit-learn's `MLPClassifier` does one `partial_fit` per step (plain SGD, no L2, the
   whole batch). With two classes (W1) it has one logistic output instead of a two-way
-  softmax, so only its loss can be compared there.
-- The garbage collector stays on, as in a training loop. The machine is shared, so
-  ratios from one run to the next differ by a few percent on the larger workloads and
-  more on W1.
+  softmax, so only its loss can be compared there. On W1 about nine tenths of its step
+  is `partial_fit` validating its input and encoding the labels again.
+- The garbage collector stays on, as in a training loop.
+- The machine is shared, so ratios differ from one run to the next by a few percent on
+  the larger workloads and more on W1. With 2 threads on 2 cores, any other busy process
+  stalls the threads at their barriers, and PyTorch's OpenMP pool and OpenBLAS's pool
+  contend inside the one process; read those tables with the load average printed above
+  them, and trust the 1-thread tables first.
 """
 
 
