@@ -275,7 +275,7 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        gradient = np.ones_like(output._data)
+        gradient = np.ones(output._data.shape, output._data.dtype)
     elif isinstance(gradient, Tensor):
         gradient = gradient if create_graph else gradient._data
     else:

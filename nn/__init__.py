@@ -1,4 +1,4 @@
-"""nn: modules, layers, losses and optimizers built on microtensor's public API.
+"""nn: modules, layers, losses, optimizers, data, training and checkpoints on microtensor's public API.
 
 >>> import numpy as np
 >>> import nn
@@ -8,13 +8,16 @@
 (2, 8)
 """
 
-from nn import functional, optim
+from nn import data, functional, manual, optim
+from nn.checkpoint import CheckpointError, load, save
 from nn.layers import Dropout, Linear, LogSoftmax, ReLU, Sigmoid, Tanh
 from nn.models import MLP, ThreeLayerNet, TwoLayerNet
 from nn.module import Module, Parameter, Sequential, StateDictError
+from nn.train import History, evaluate, fit, predict
 
 __all__ = [
     "Module", "Parameter", "Sequential", "StateDictError",
     "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout", "LogSoftmax",
-    "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim",
+    "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim", "data", "manual",
+    "fit", "evaluate", "predict", "History", "save", "load", "CheckpointError",
 ]

@@ -44,7 +44,14 @@ class Parameter(mt.Tensor):
 
 
 class StateDictError(ValueError):
-    """A state dict does not fit the module: missing or extra keys, wrong shapes or dtypes."""
+    """A state dict does not fit the module: missing or extra keys, wrong shapes or dtypes.
+
+    ``problems`` lists each mismatch as a short phrase; the message joins them.
+    """
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        super().__init__(f"{where}: " + "; ".join(problems))
+        self.problems = problems
 
 
 class Module:
@@ -198,7 +205,9 @@ class Module:
         """
         arrays = self._checked_state(state)
         for name, parameter in self.named_parameters():
-            np.copyto(parameter.data, arrays[name])
+            data = parameter.data
+            np.copyto(data, arrays[name])
+            parameter.data = data  # marks the change for the tape, as an optimizer step does
 
     def _checked_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         own = dict(self.named_parameters())
@@ -220,7 +229,7 @@ class Module:
                 problems.append(f"{name!r} has dtype {value.dtype}, expected {parameter.dtype}")
             arrays[name] = value
         if problems:
-            raise StateDictError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+            raise StateDictError(f"{type(self).__name__}.load_state_dict", problems)
         return arrays
 
     # -- display ----------------------------------------------------------------------------

@@ -86,7 +86,11 @@ class Optimizer:
                 state = self.state.get(p)
                 if state is None:
                     state = self.state[p] = {}
-                self._update(p.data, grad, state, group)
+                data = p.data
+                self._update(data, grad, state, group)
+                # Assigning the updated array back marks it changed, so backward through a
+                # graph recorded before this step refuses to run, as in PyTorch.
+                p.data = data
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
         raise NotImplementedError

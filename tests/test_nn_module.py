@@ -94,9 +94,7 @@ def test_forward_of_the_base_class_is_not_implemented():
 def test_ops_in_a_child_carry_the_root_class_and_the_attribute_name_as_scope():
     model = nn.TwoLayerNet(2, 3, 2, seed=0)
     out = model(np.ones((1, 2), dtype=np.float32))
-    scopes = recorded_scopes(out)
-    assert ("TwoLayerNet", "fc1") in scopes and ("TwoLayerNet", "fc2") in scopes
-    assert ("TwoLayerNet", "relu") in scopes
+    assert recorded_scopes(out) == {("TwoLayerNet", "fc1"), ("TwoLayerNet", "relu"), ("TwoLayerNet", "fc2")}
 
 
 def test_sequential_children_are_scoped_by_their_index():
@@ -154,6 +152,14 @@ def test_load_state_dict_round_trip_restores_every_array_in_place():
     for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters()):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
     assert target.fc2.weight is weight_object
+
+
+def test_backward_through_a_graph_recorded_before_load_state_dict_is_refused():
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    stale = model(np.ones((1, 2), np.float32)).sum()
+    model.load_state_dict(nn.TwoLayerNet(2, 3, 2, seed=1).state_dict())
+    with pytest.raises(RuntimeError, match="in place"):
+        stale.backward()
 
 
 def _mangled(state, key, value):
@@ -350,3 +356,11 @@ def test_two_layer_net_forward_matches_torch_with_the_same_weights():
     p = {k: torch.tensor(v) for k, v in model.state_dict().items()}
     expected = torch.relu(torch.tensor(x) @ p["fc1.weight"] + p["fc1.bias"]) @ p["fc2.weight"] + p["fc2.bias"]
     np.testing.assert_allclose(model(x).data, expected.numpy(), rtol=1e-12)
+
+
+def test_import_nn_gives_the_whole_api_contract():
+    names = ["Module", "Parameter", "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout",
+             "LogSoftmax", "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim", "data", "manual",
+             "save", "load", "fit", "evaluate", "predict"]
+    assert [name for name in names if not hasattr(nn, name)] == []
+    assert callable(nn.manual.gradients) and callable(nn.data.load_mnist) and callable(nn.optim.StepLR)

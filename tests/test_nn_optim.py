@@ -107,6 +107,17 @@ def test_a_step_updates_the_arrays_in_place_and_keeps_the_parameter_objects(make
     assert not np.array_equal(before[0], model.fc1.weight.data)
 
 
+def test_backward_through_a_graph_recorded_before_a_step_is_refused():
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    opt = SGD(model.parameters(), lr=0.1)
+    X, y = np.ones((2, 2), np.float32), np.array([0, 1])
+    F.cross_entropy(model(X), y).backward()
+    stale = F.cross_entropy(model(X), y)
+    opt.step()
+    with pytest.raises(RuntimeError, match="in place"):
+        stale.backward()
+
+
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
                                   lambda p: Adam(p, lr=0.1, weight_decay=0.1)])
 def test_a_step_leaves_the_gradient_untouched(make):

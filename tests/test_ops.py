@@ -182,6 +182,22 @@ TORCH_UNARY = {
     "transpose": torch and (lambda x: x.T),
     "getitem_pairs": torch and (lambda x: x[torch.arange(3), torch.tensor([0, 2, 2])]),
     "pow_scalar": torch and (lambda x: x ** 3),
+    "neg": torch and (lambda x: -x),
+    "log": torch and (lambda x: torch.log(x * x + 0.5)),
+    "log_softmax_axis0": torch and (lambda x: torch.log_softmax(x, dim=0)),
+    "sum": torch and (lambda x: x.sum()),
+    "sum_keepdims": torch and (lambda x: x.sum(dim=-1, keepdim=True)),
+    "mean": torch and (lambda x: x.mean()),
+    "max": torch and (lambda x: x.amax()),
+    "max_axis_keepdims": torch and (lambda x: x.amax(dim=1, keepdim=True)),
+    "reshape": torch and (lambda x: x.reshape(-1)),
+    "transpose_axes": torch and (lambda x: x.permute(1, 0)),
+    "getitem_slice": torch and (lambda x: x[1:, ::2]),
+    "getitem_int": torch and (lambda x: x[0]),
+    "getitem_repeated": torch and (lambda x: x[torch.tensor([0, 0, 2])]),
+    "rpow": torch and (lambda x: 2.0 ** x),
+    "scalar_mix": torch and (lambda x: (2.0 - x) / 3.0 + 1.0 * x),
+    "rtruediv": torch and (lambda x: 1.0 / (x * x + 1)),
 }
 
 

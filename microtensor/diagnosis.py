@@ -1,0 +1,430 @@
+"""Why a gradient is wrong: a table of hypotheses, each a small test that explains a mismatch or not.
+
+A hypothesis reads the :class:`Evidence` (the expected and the actual gradient, the tolerances,
+and what the tape knows about the tensor) and returns one sentence a learner can act on when
+its prediction reproduces the actual gradient to tolerance, and None otherwise. A hypothesis
+never matches on resemblance alone: it builds the gradient the mistake would give and asks
+:meth:`Evidence.fits`. :func:`diagnose` tries the table in order, most specific first, and
+falls back to saying how large the error is and where. Adding a mistake is adding one function
+to ``HYPOTHESES``.
+
+>>> diagnose(Evidence(np.array([1.0, -2.0, 3.0]), np.array([-1.0, 2.0, -3.0])))
+'has the sign flipped: it is -1 times the expected gradient (e.g. y - probs instead of probs - y)'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recorded op next to a tensor, as the tape saw it in the forward pass.
+
+    For the op that *used* the tensor (a use), ``index`` says which input the tensor was,
+    ``grad_output`` is the tape's gradient of the op's output, and ``rest`` the tape's gradient
+    of the tensor minus what flows back through this op: the share of every other path.
+    """
+
+    op: str
+    inputs: tuple[Any, ...]
+    labels: tuple[str, ...]
+    output: np.ndarray
+    params: Mapping[str, Any] = field(default_factory=dict)
+    index: int = -1
+    grad_output: np.ndarray | None = None
+    rest: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What is known about the tensor besides its gradients (all optional).
+
+    ``value`` is its forward value; ``is_parameter`` marks a weight or bias, for the L2
+    hypotheses; ``producer`` and ``uses`` are the ops around it on the tape; ``batch_size``
+    names the factor N; ``tensors`` are other forward values by label, for a ReLU mask taken
+    from the wrong tensor.
+    """
+
+    label: str = "this tensor"
+    value: np.ndarray | None = None
+    is_parameter: bool = False
+    producer: Step | None = None
+    uses: tuple[Step, ...] = ()
+    batch_size: int | None = None
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class Evidence:
+    """An expected and an actual gradient, the tolerances that judge them, and the context."""
+
+    def __init__(self, expected: Any, actual: Any, atol: float = 1e-8, rtol: float = 1e-5,
+                 context: Context | None = None) -> None:
+        self.expected = np.asarray(expected, dtype=np.float64)
+        self.actual = np.asarray(actual, dtype=np.float64)
+        self.atol = atol
+        self.rtol = rtol
+        self.context = context or Context()
+
+    def fits(self, predicted: Any, where: np.ndarray | None = None) -> bool:
+        """Whether ``predicted`` reproduces the actual gradient to tolerance, element by element
+        (only at the entries ``where`` is True, when given)."""
+        return self.close(self.actual, predicted, where)
+
+    def close(self, actual: Any, predicted: Any, where: np.ndarray | None = None) -> bool:
+        """Whether ``actual`` is ``predicted`` to this evidence's tolerances."""
+        actual, predicted = np.asarray(actual, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+        if predicted.shape != actual.shape:
+            return False
+        ok = np.abs(actual - predicted) <= self.atol + self.rtol * np.abs(predicted)
+        return bool(np.all(ok if where is None else ok[where]))
+
+    @property
+    def same_shape(self) -> bool:
+        return self.expected.shape == self.actual.shape
+
+    def uses(self, *ops: str) -> Iterator[Step]:
+        """The recorded uses of the tensor by one of ``ops`` (all ops when none are given)."""
+        for use in self.context.uses:
+            if (not ops or use.op in ops) and use.rest is not None and self.same_shape:
+                yield use
+
+
+Hypothesis = Callable[[Evidence], "str | None"]
+
+
+# -- numbers in sentences ----------------------------------------------------------------
+def _is_close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+
+def _least_squares(columns: list[np.ndarray], target: np.ndarray) -> np.ndarray | None:
+    """Coefficients of the columns that best reproduce ``target``, or None when they cannot
+    be told apart (too few elements to fit that many coefficients honestly, or collinear)."""
+    matrix = np.stack([c.ravel() for c in columns], axis=1)
+    if matrix.shape[0] < 2 * matrix.shape[1] or np.linalg.matrix_rank(matrix) < matrix.shape[1]:
+        return None
+    return np.linalg.lstsq(matrix, target.ravel(), rcond=None)[0]
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+
+def _factor_meaning(c: float, batch_size: int | None) -> str:
+    named = {2.0: "twice the expected gradient: a factor 2 too many (d/dW of 0.5 * reg * W**2 is "
+                  "reg * W, not 2 * reg * W; or a term added twice)",
+             0.5: "half the expected gradient: a factor 2 is missing (d/dx of x**2 is 2 * x)"}
+    if batch_size and batch_size > 1:
+        named[float(batch_size)] = (f"N = {batch_size} times the expected gradient, N the batch size: "
+                                    f"the 1/N of the mean over the batch is missing; divide by N")
+        named[1.0 / batch_size] = (f"1/N of the expected gradient (N = {batch_size}, the batch size): "
+                                   f"divided by N once too often")
+    for value, meaning in named.items():
+        if _is_close(abs(c), value):
+            return meaning
+    if abs(c) > 1 and _is_close(abs(c), round(abs(c))):
+        return (f"{round(abs(c))} times the expected gradient: a missing division by {round(abs(c))} "
+                f"(a 1/N of a mean over {round(abs(c))} elements?)")
+    if abs(c) < 1 and _is_close(1 / abs(c), round(1 / abs(c))):
+        n = round(1 / abs(c))
+        return f"1/{n} of the expected gradient: divided by {n} once too often"
+    hint = ""
+    if 1 < abs(c) < 1.5:
+        hint = (f"; if {abs(c):.4g} is 1 + reg, regularisation was applied to the gradient "
+                f"(dW + reg * dW) instead of the weight (dW + reg * W)")
+    return f"{abs(c):.4g} times the expected gradient: a constant factor in the formula is wrong{hint}"
+
+
+# -- hypotheses on values alone -------------------------------------------------------------
+def not_finite(ev: Evidence) -> str | None:
+    bad = ~np.isfinite(ev.actual)
+    if not bad.any():
+        return None
+    where = _index(int(np.argmax(bad)), bad.shape)
+    return (f"is not finite: {int(bad.sum())} NaN/inf value(s), first at {where}; an overflow or a "
+            f"log/division by zero in the formula (compute softmax from logits minus their row max)")
+
+
+def expected_not_finite(ev: Evidence) -> str | None:
+    bad = ~np.isfinite(ev.expected)
+    if not bad.any():
+        return None
+    where = _index(int(np.argmax(bad)), bad.shape)
+    return (f"cannot be judged: the expected gradient is not finite at {where}; the forward pass "
+            f"overflows or takes log(0) (run it under mt.detect_anomaly() to find the op)")
+
+
+def not_summed_over_batch(ev: Evidence) -> str | None:
+    if ev.actual.ndim != ev.expected.ndim + 1 or ev.actual.shape[1:] != ev.expected.shape:
+        return None
+    if not ev.close(ev.actual.sum(axis=0), ev.expected):
+        return None
+    return (f"has shape {ev.actual.shape} but the tensor has shape {ev.expected.shape}: one gradient "
+            f"per example, not summed over the batch; a bias gradient is g.sum(axis=0)")
+
+
+def kept_an_axis(ev: Evidence) -> str | None:
+    if ev.same_shape or ev.actual.size != ev.expected.size:
+        return None
+    if not ev.fits(ev.expected.reshape(ev.actual.shape)):
+        return None
+    return (f"has shape {ev.actual.shape} but the tensor has shape {ev.expected.shape}; the values are "
+            f"right: drop keepdims=True or reshape it to {ev.expected.shape}")
+
+
+def transposed(ev: Evidence) -> str | None:
+    if ev.expected.ndim != 2 or not ev.fits(ev.expected.T):
+        return None
+    return ("is transposed: it holds the expected values at swapped indices (e.g. g.T @ x instead "
+            "of x.T @ g; the gradient of W in x @ W is x.T @ g, with W's shape)")
+
+
+def all_zeros(ev: Evidence) -> str | None:
+    if not ev.same_shape or np.any(ev.actual) or not np.any(ev.expected):
+        return None
+    return ("is all zeros where a gradient is expected: it was never computed or assigned "
+            "(a np.zeros_like left as is, or the result of a step not stored?)")
+
+
+def expected_zero(ev: Evidence) -> str | None:
+    if not ev.same_shape or np.any(np.abs(ev.expected) > ev.atol):
+        return None
+    return ("should be zero everywhere (the output does not depend on this tensor here, e.g. every "
+            "ReLU after it is off) but it is not")
+
+
+def sign_flipped(ev: Evidence) -> str | None:
+    if not ev.fits(-ev.expected):
+        return None
+    return "has the sign flipped: it is -1 times the expected gradient (e.g. y - probs instead of probs - y)"
+
+
+def constant_factor(ev: Evidence) -> str | None:
+    if not ev.same_shape:
+        return None
+    fit = _least_squares([ev.expected], ev.actual)
+    if fit is None or _is_close(fit[0], 1.0) or not ev.fits(fit[0] * ev.expected):
+        return None
+    meaning = _factor_meaning(float(fit[0]), ev.context.batch_size)
+    return f"has the sign flipped and is {meaning}" if fit[0] < 0 else f"is {meaning}"
+
+
+# -- hypotheses on a parameter's value: L2 ------------------------------------------------
+def _weight(ev: Evidence) -> np.ndarray | None:
+    value = ev.context.value
+    if not ev.context.is_parameter or value is None or value.shape != ev.expected.shape or not ev.same_shape:
+        return None
+    return np.asarray(value, dtype=np.float64)
+
+
+def l2_term(ev: Evidence) -> str | None:
+    weight = _weight(ev)
+    if weight is None:
+        return None
+    fit = _least_squares([weight], ev.actual - ev.expected)
+    if fit is None or not ev.fits(ev.expected + fit[0] * weight):
+        return None
+    name, beta = ev.context.label, float(fit[0])
+    if beta < 0:
+        return (f"misses the L2 term {-beta:.3g} * {name}: add reg * {name}, the gradient of "
+                f"0.5 * reg * sum({name}**2)")
+    return (f"has an extra L2 term {beta:.3g} * {name}: the loss has no such term (biases are not "
+            f"regularised), or it is counted twice (the gradient of 0.5 * reg * sum({name}**2) is "
+            f"reg * {name})")
+
+
+def regularised_gradient(ev: Evidence) -> str | None:
+    # The mistake dW = (1 + reg) * dW_data, where the loss wants dW = dW_data + reg * W.
+    weight = _weight(ev)
+    if weight is None:
+        return None
+    fit = _least_squares([ev.expected, weight], ev.actual)
+    if fit is None:
+        return None
+    scale = float(fit[0])
+    reg = scale - 1
+    if _is_close(scale, 1.0) or not ev.fits(scale * (ev.expected - reg * weight)):
+        return None
+    return (f"looks like dW + {reg:.3g} * dW: regularisation applied to the gradient instead of the "
+            f"weight; the L2 gradient is reg * {ev.context.label}")
+
+
+# -- hypotheses on the op that used the tensor ----------------------------------------------
+def _relu_masks(ev: Evidence, use: Step) -> Iterator[tuple[str, np.ndarray]]:
+    z, g = use.inputs[0], use.grad_output
+    label = use.labels[0]
+    yield f"uses the inverted ReLU mask ({label} <= 0); the derivative of relu is ({label} > 0)", z <= 0
+    yield (f"is masked by the sign of the incoming gradient (g > 0); the ReLU mask comes from the "
+           f"forward value ({label} > 0)"), g > 0
+    for other, value in ev.context.tensors.items():
+        if value.shape == z.shape and not np.array_equal(value > 0, z > 0):
+            yield (f"is masked with ({other} > 0), a mask from the wrong tensor: the ReLU derivative "
+                   f"is ({label} > 0), from this ReLU's own input"), value > 0
+
+
+def wrong_relu_mask(ev: Evidence) -> str | None:
+    for use in ev.uses("relu"):
+        for sentence, mask in _relu_masks(ev, use):
+            if not mask.all() and ev.fits(use.rest + use.grad_output * mask):
+                return sentence
+    return None
+
+
+_MISSING_DERIVATIVE = {
+    "relu": "passes the gradient through the ReLU unmasked: multiply it by ({x} > 0)",
+    "sigmoid": "passes the gradient through the sigmoid without its derivative: multiply it by "
+               "s * (1 - s), with s = sigmoid({x}) the sigmoid's output",
+    "tanh": "passes the gradient through tanh without its derivative: multiply it by 1 - t**2, "
+            "with t = tanh({x}) the output",
+    "log_softmax": "misses the softmax * sum(g) term of the log-softmax gradient: it is "
+                   "g - softmax({x}) * g.sum(axis); for cross-entropy that is (probs - y) / N",
+}
+
+
+def missing_derivative(ev: Evidence) -> str | None:
+    for use in ev.uses(*_MISSING_DERIVATIVE):
+        if ev.fits(use.rest + use.grad_output):
+            return _MISSING_DERIVATIVE[use.op].format(x=use.labels[0])
+    return None
+
+
+def correct_only_where_relu_active(ev: Evidence) -> str | None:
+    for use in ev.uses("relu"):
+        active = use.inputs[0] > 0
+        if active.all() or not active.any():
+            continue
+        if ev.fits(ev.expected, where=active):
+            label = use.labels[0]
+            return (f"is right where the ReLU is active ({label} > 0) but not where it is off: there "
+                    f"the gradient must be 0; multiply by ({label} > 0)")
+    return None
+
+
+def masked_too_early(ev: Evidence) -> str | None:
+    step = ev.context.producer
+    if step is None or step.op != "relu" or not ev.same_shape:
+        return None
+    z_label = step.labels[0]
+    if not ev.fits(ev.expected * (step.inputs[0] > 0)):
+        return None
+    return (f"is already masked by the ReLU that made it: the mask ({z_label} > 0) belongs to the "
+            f"gradient of the ReLU's input {z_label}, not to its output {ev.context.label}")
+
+
+# (the op, what the formula used instead of the output, the derivative from that, the sentence)
+_DERIVATIVE_FROM_WRONG_TENSOR = [
+    ("sigmoid", lambda z, s: z * (1 - z),
+     "uses the sigmoid derivative on the pre-activation: z * (1 - z) with z = {x}; it is s * (1 - s) "
+     "with s = sigmoid(z), the output"),
+    ("sigmoid", lambda z, s: (1 / (1 + np.exp(-s))) * (1 - 1 / (1 + np.exp(-s))),
+     "applies sigmoid to its output again: sigmoid(s) * (1 - sigmoid(s)); s is already the output, "
+     "so the derivative is s * (1 - s)"),
+    ("tanh", lambda z, s: 1 - z * z,
+     "uses the tanh derivative on the pre-activation: 1 - z**2 with z = {x}; it is 1 - t**2 with "
+     "t = tanh(z), the output"),
+]
+
+
+def derivative_from_wrong_tensor(ev: Evidence) -> str | None:
+    for op, derivative, sentence in _DERIVATIVE_FROM_WRONG_TENSOR:
+        for use in ev.uses(op):
+            if ev.fits(use.rest + use.grad_output * derivative(use.inputs[0], use.output)):
+                return sentence.format(x=use.labels[0])
+    return None
+
+
+def log_softmax_without_g(ev: Evidence) -> str | None:
+    for use in ev.uses("log_softmax"):
+        axis = use.params.get("axis", -1)
+        softmax_term = np.exp(use.output) * use.grad_output.sum(axis=axis, keepdims=True)
+        if ev.fits(use.rest - softmax_term):
+            return ("misses the g term of the log-softmax gradient g - softmax(x) * g.sum(axis); "
+                    "for cross-entropy: the - y of (probs - y) / N")
+    return None
+
+
+def matmul_without_transpose(ev: Evidence) -> str | None:
+    for use in ev.uses("matmul"):
+        a, b = use.inputs
+        if use.index != 0 or np.ndim(a) != 2 or np.ndim(b) != 2 or b.shape[0] != b.shape[1]:
+            continue
+        if ev.fits(use.rest + use.grad_output @ b):
+            w = use.labels[1]
+            return (f"multiplies by {w} instead of {w}.T: the gradient of x @ {w} with respect to x "
+                    f"is g @ {w}.T")
+    return None
+
+
+def summed_over_wrong_axis(ev: Evidence) -> str | None:
+    for use in ev.uses("add"):
+        g = use.grad_output
+        if g.ndim == 2 and ev.expected.shape == g.shape[1:] and ev.actual.shape == g.shape[:1]:
+            if ev.fits(g.sum(axis=1)):
+                return (f"has one entry per example, shape {ev.actual.shape}: summed over axis 1 "
+                        f"instead of the batch axis 0 (g.sum(axis=0))")
+    return None
+
+
+def zeros_where_gradient_expected(ev: Evidence) -> str | None:
+    if not ev.same_shape:
+        return None
+    zeroed = (ev.actual == 0) & (ev.expected != 0)
+    if not zeroed.any() or not ev.fits(np.where(zeroed, 0.0, ev.expected)):
+        return None
+    where = _index(int(np.argmax(zeroed)), zeroed.shape)
+    return (f"is zero at {int(zeroed.sum())} of {zeroed.size} entries where a gradient is expected "
+            f"(e.g. at {where}) and right elsewhere: a mask or an index drops those entries")
+
+
+def wrong_shape(ev: Evidence) -> str | None:
+    if ev.same_shape:
+        return None
+    return (f"has shape {ev.actual.shape} but the tensor has shape {ev.expected.shape}: a gradient "
+            f"always has the shape of its tensor")
+
+
+# Most specific first: a mistake that also looks like a general one must be named as itself.
+HYPOTHESES: list[Hypothesis] = [
+    not_finite, expected_not_finite,
+    kept_an_axis, not_summed_over_batch, summed_over_wrong_axis, transposed, wrong_shape,
+    all_zeros, expected_zero, sign_flipped,
+    wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, log_softmax_without_g,
+    matmul_without_transpose, masked_too_early,
+    constant_factor, l2_term, regularised_gradient,
+    correct_only_where_relu_active, zeros_where_gradient_expected,
+]
+
+
+def _where_largest(ev: Evidence) -> str:
+    error = np.abs(ev.actual - ev.expected)
+    bad = ~(error <= ev.atol + ev.rtol * np.abs(ev.expected))
+    worst = _index(int(np.argmax(error)), error.shape)
+    sentence = (f"is off by up to {error[worst]:.3g} (largest at {worst}: expected "
+                f"{ev.expected[worst]:.4g}, got {ev.actual[worst]:.4g}); {bad.mean():.0%} of its "
+                f"entries are out of tolerance")
+    if ev.expected.ndim == 2:
+        for axis, word in ((1, "row"), (0, "column")):
+            lines = np.flatnonzero(bad.any(axis=axis))
+            if 0 < len(lines) <= 3 and bad.shape[1 - axis] > len(lines):
+                sentence += f", all in {word}(s) {', '.join(map(str, lines))}"
+                break
+    return sentence
+
+
+def diagnose(evidence: Evidence) -> str:
+    """One sentence on why the actual gradient differs from the expected one.
+
+    >>> diagnose(Evidence(np.arange(1.0, 7.0).reshape(2, 3), np.arange(1.0, 7.0).reshape(2, 3).T))
+    "is transposed: it holds the expected values at swapped indices (e.g. g.T @ x instead of x.T @ g; \
+the gradient of W in x @ W is x.T @ g, with W's shape)"
+    """
+    for hypothesis in HYPOTHESES:
+        sentence = hypothesis(evidence)
+        if sentence is not None:
+            return sentence
+    return _where_largest(evidence)

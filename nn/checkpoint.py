@@ -1,0 +1,153 @@
+"""Saving and loading a model's parameters: ``.npz`` archives, never pickle, written atomically.
+
+``save`` writes the archive to a temporary file beside the target, flushes it to disk and
+renames it over the target, so a crash mid-save leaves the previous file whole. ``load``
+reads and checks everything (archive integrity, no pickled objects, names, shapes,
+dtypes) before it changes any parameter, so a bad file leaves the model as it was.
+
+>>> import os, tempfile
+>>> import nn
+>>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+>>> save(nn.TwoLayerNet(4, 8, 3, seed=0), path)
+>>> model = load(nn.TwoLayerNet(4, 8, 3, seed=1), path)
+>>> bool((model.fc1.weight.data == nn.TwoLayerNet(4, 8, 3, seed=0).fc1.weight.data).all())
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from nn.module import Module, StateDictError
+
+PathLike = str | os.PathLike
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded into the model; the message names the file and why."""
+
+
+def save(model: Module, path: PathLike) -> None:
+    """Write ``model.state_dict()`` to ``path`` as an ``.npz`` archive, atomically.
+
+    >>> import tempfile, nn
+    >>> save(nn.Linear(2, 2), Path(tempfile.mkdtemp()) / "linear.npz")
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"nn.save: cannot write {path}: the directory {path.parent} does not exist")
+    state = model.state_dict()
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            _write_npz(f, state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _sync_directory(path.parent)
+
+
+def _write_npz(f: object, state: dict[str, np.ndarray]) -> None:
+    # Written member by member rather than with np.savez(**state), so no parameter name
+    # can collide with np.savez's own keyword arguments.
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in state.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush the directory entry, so the rename itself survives a power cut (POSIX only)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def load(model: Module, path: PathLike) -> Module:
+    """Load parameters saved by :func:`save` into ``model`` (in place) and return it.
+
+    Raises :class:`CheckpointError` (a ValueError) naming the file and the problem for a
+    truncated or corrupted archive, one carrying pickled objects, or one whose names,
+    shapes or dtypes do not fit the model; the model is then unchanged.
+
+    >>> import tempfile, nn
+    >>> path = Path(tempfile.mkdtemp()) / "small.npz"
+    >>> save(nn.Linear(2, 3), path)
+    >>> load(nn.Linear(2, 4), path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    nn.checkpoint.CheckpointError: nn.load: .../small.npz does not fit Linear: 'weight' has shape (2, 3), ...
+    """
+    path = Path(path)
+    state = read_checkpoint(path)
+    try:
+        model.load_state_dict(state)
+    except StateDictError as err:
+        problems = "; ".join(err.problems)
+        raise CheckpointError(f"nn.load: {path} does not fit {type(model).__name__}: {problems}") from None
+    return model
+
+
+def read_checkpoint(path: PathLike) -> dict[str, np.ndarray]:
+    """Every array in the checkpoint at ``path``, fully read and integrity-checked.
+
+    >>> import tempfile, nn
+    >>> path = Path(tempfile.mkdtemp()) / "m.npz"
+    >>> save(nn.Linear(2, 3), path)
+    >>> sorted(read_checkpoint(path))
+    ['bias', 'weight']
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"nn.load: no checkpoint file at {path}") from None
+    if head != ZIP_MAGIC:
+        raise CheckpointError(f"nn.load: {path} {_what_it_is_instead(head)}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            state = {name: archive[name] for name in archive.files}
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+        raise _unreadable(path, err) from None
+    for name, value in state.items():
+        if not isinstance(value, np.ndarray):  # a member that is not .npy data
+            raise CheckpointError(f"nn.load: {path} member {name!r} is not a NumPy array")
+    return state
+
+
+def _what_it_is_instead(head: bytes) -> str:
+    if ZIP_MAGIC.startswith(head):
+        return f"is truncated: {len(head)} bytes, not a whole .npz checkpoint archive"
+    if head.startswith(b"\x93NUMPY"[:len(head)]):
+        return "is a single .npy array, not an .npz checkpoint archive"
+    if head.startswith(b"\x80"):  # the opcode every pickle of protocol 2 or later starts with
+        return "is a pickle, which is never loaded; checkpoints are .npz archives of plain arrays"
+    return "is not an .npz checkpoint archive (it does not start like a zip file)"
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    if "pickle" in str(err):
+        return CheckpointError(f"nn.load: {path} carries object arrays (pickled Python objects), which are "
+                               f"never loaded (allow_pickle=False); only plain numeric arrays are")
+    return CheckpointError(f"nn.load: {path} is truncated or corrupted ({type(err).__name__}: {err})")
