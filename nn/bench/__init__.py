@@ -95,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns 1 when an implementation disagrees with the NumPy reference, else 0.
     """
-    parser = argparse.ArgumentParser(prog="microtensor bench", description=main.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="microtensor bench",
+        description="Check one training step of each implementation against a hand-written NumPy "
+                    "step, time them interleaved, and print the ratios as a markdown table.")
     parser.add_argument("--full", action="store_true", help="full rounds (default: a quick run)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: as is)")
     parser.add_argument("--dtypes", nargs="+", default=["float64"], choices=sorted(TOLERANCE))
