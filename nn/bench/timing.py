@@ -82,7 +82,8 @@ def _time_block(trainer: Trainer, steps: int) -> float:
 
 def _steps_per_block(trainer: Trainer, block_seconds: float) -> int:
     """How many steps fill about ``block_seconds``, measured on doubling blocks after a warm-up."""
-    _time_block(trainer, 1)  # the first calls may build caches (optimizer state, BLAS buffers)
+    if _time_block(trainer, 1) >= block_seconds:  # a warm-up: first calls may build caches
+        return 1
     steps = 1
     while True:
         per_step = _time_block(trainer, steps)
