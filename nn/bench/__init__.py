@@ -55,7 +55,7 @@ from nn.bench.timing import TOLERANCE, bench_workload, disagreement, first_step,
 from nn.bench.workloads import TOOLS_WORKLOAD, WORKLOADS, Problem, Workload, make_problem
 
 __all__ = [
-    "run", "main", "QUICK", "FULL",
+    "run", "main", "add_arguments", "run_command", "DESCRIPTION", "QUICK", "FULL",
     "Workload", "WORKLOADS", "TOOLS_WORKLOAD", "Problem", "make_problem",
     "Trainer", "Implementation", "IMPLEMENTATIONS", "REFERENCE", "FLOOR", "TARGET", "resolve",
     "NumpyStep", "MatmulFloor", "MicrotensorTensors", "MicrotensorNN", "TorchEager", "TorchNN",
@@ -90,24 +90,35 @@ def run(workloads: Sequence[Workload] = WORKLOADS, dtypes: Sequence[str] = ("flo
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``microtensor bench``: check and time the workloads here, print a markdown table.
-
-    Returns 1 when an implementation disagrees with the NumPy reference, else 0.
-    """
-    parser = argparse.ArgumentParser(
-        prog="microtensor bench",
-        description="Check one training step of each implementation against a hand-written NumPy "
-                    "step, time them interleaved, and print the ratios as a markdown table.")
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``microtensor bench``, added to ``parser``."""
     parser.add_argument("--full", action="store_true", help="full rounds (default: a quick run)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: as is)")
     parser.add_argument("--dtypes", nargs="+", default=["float64"], choices=sorted(TOLERANCE))
     parser.add_argument("--workloads", nargs="+", default=[w.name for w in WORKLOADS],
                         choices=[w.name for w in WORKLOADS])
     parser.add_argument("--implementations", nargs="+", default=None, choices=list(IMPLEMENTATIONS))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``microtensor bench`` with parsed ``args``; 1 when an implementation disagrees, else 0."""
     settings = FULL if args.full else QUICK
     workloads = [w for w in WORKLOADS if w.name in args.workloads]
     report = run(workloads, args.dtypes, args.threads, args.implementations, **settings)
     print(render([report]))
     return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``microtensor bench``: check and time the workloads here, print a markdown table.
+
+    Returns 1 when an implementation disagrees with the NumPy reference, else 0.
+    """
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="microtensor bench", description=DESCRIPTION))
+    return run_command(parser.parse_args(argv))
+
+
+DESCRIPTION = ("Check one training step of each implementation against a hand-written NumPy step, "
+               "time them interleaved, and print the ratios as a markdown table.")
