@@ -8,7 +8,7 @@
 (2, 8)
 """
 
-from nn import data, functional, optim
+from nn import data, functional, manual, optim
 from nn.checkpoint import CheckpointError, load, save
 from nn.layers import Dropout, Linear, LogSoftmax, ReLU, Sigmoid, Tanh
 from nn.models import MLP, ThreeLayerNet, TwoLayerNet
@@ -18,6 +18,6 @@ from nn.train import History, evaluate, fit, predict
 __all__ = [
     "Module", "Parameter", "Sequential", "StateDictError",
     "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout", "LogSoftmax",
-    "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim", "data",
+    "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim", "data", "manual",
     "fit", "evaluate", "predict", "History", "save", "load", "CheckpointError",
 ]

@@ -356,3 +356,11 @@ def test_two_layer_net_forward_matches_torch_with_the_same_weights():
     p = {k: torch.tensor(v) for k, v in model.state_dict().items()}
     expected = torch.relu(torch.tensor(x) @ p["fc1.weight"] + p["fc1.bias"]) @ p["fc2.weight"] + p["fc2.bias"]
     np.testing.assert_allclose(model(x).data, expected.numpy(), rtol=1e-12)
+
+
+def test_import_nn_gives_the_whole_api_contract():
+    names = ["Module", "Parameter", "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "Dropout",
+             "LogSoftmax", "TwoLayerNet", "ThreeLayerNet", "MLP", "functional", "optim", "data", "manual",
+             "save", "load", "fit", "evaluate", "predict"]
+    assert [name for name in names if not hasattr(nn, name)] == []
+    assert callable(nn.manual.gradients) and callable(nn.data.load_mnist) and callable(nn.optim.StepLR)
