@@ -31,8 +31,8 @@ class Bad(NamedTuple):
     message: str
 
 
-def ones(*shape: int, grad: bool = True, dtype: Any = np.float64) -> Tensor:
-    return Tensor(np.ones(shape, dtype), requires_grad=grad)
+def ones(*shape: int, grad: bool = True) -> Tensor:
+    return Tensor(np.ones(shape), requires_grad=grad)
 
 
 def logits(n: int = 2, classes: int = 3) -> Tensor:
@@ -258,12 +258,12 @@ STATE_DICT = [
 ]
 
 # -- optimizers ---------------------------------------------------------------------------------
-def w() -> Tensor:
+def weight() -> Tensor:
     return ones(2)
 
 
 def shared_twice() -> None:
-    p = w()
+    p = weight()
     SGD([{"params": [p]}, {"params": [p], "lr": 0.5}], lr=0.1)
 
 
@@ -271,30 +271,30 @@ OPTIMIZERS = [
     Bad("SGD with no parameters", lambda: SGD([], lr=0.1), ValueError, r"^SGD: got an empty parameter list"),
     Bad("Adam with an exhausted generator", lambda: Adam(iter([])), ValueError,
         r"^Adam: got an empty parameter list"),
-    Bad("SGD with a negative learning rate", lambda: SGD([w()], lr=-0.1), ValueError,
+    Bad("SGD with a negative learning rate", lambda: SGD([weight()], lr=-0.1), ValueError,
         r"^SGD: invalid learning rate lr -0.1; it must be >= 0"),
-    Bad("Adam with a negative learning rate", lambda: Adam([w()], lr=-1e-3), ValueError,
+    Bad("Adam with a negative learning rate", lambda: Adam([weight()], lr=-1e-3), ValueError,
         r"^Adam: invalid learning rate lr -0.001"),
-    Bad("Adam with a nan learning rate", lambda: Adam([w()], lr=float("nan")), ValueError,
+    Bad("Adam with a nan learning rate", lambda: Adam([weight()], lr=float("nan")), ValueError,
         r"^Adam: invalid learning rate lr nan"),
-    Bad("SGD with the learning rate as a string", lambda: SGD([w()], lr="0.1"), TypeError,
+    Bad("SGD with the learning rate as a string", lambda: SGD([weight()], lr="0.1"), TypeError,
         r"^SGD: learning rate lr must be a number, got '0.1'"),
     Bad("SGD given the model itself", lambda: SGD(model(), lr=0.1), TypeError,
         r"^SGD: params must be an iterable of Tensors such as model.parameters\(\).*got a TwoLayerNet"),
-    Bad("SGD given a single tensor", lambda: SGD(w(), lr=0.1), TypeError,
+    Bad("SGD given a single tensor", lambda: SGD(weight(), lr=0.1), TypeError,
         r"^SGD: params must be .*got a Tensor"),
     Bad("SGD given a tensor without requires_grad", lambda: SGD([ones(2, grad=False)], lr=0.1), TypeError,
         r"^SGD: every parameter must be a Tensor with requires_grad=True, "
         r"got a Tensor with requires_grad=False"),
     Bad("SGD given arrays", lambda: SGD([np.ones(2)], lr=0.1), TypeError, r"got ndarray"),
-    Bad("SGD given a computed tensor", lambda: SGD([w() * 2], lr=0.1), ValueError,
+    Bad("SGD given a computed tensor", lambda: SGD([weight() * 2], lr=0.1), ValueError,
         r"^SGD: cannot optimize a non-leaf tensor \(the result of mul\)"),
-    Bad("SGD given a parameter twice", lambda: SGD([w()] * 2, lr=0.1), ValueError,
+    Bad("SGD given a parameter twice", lambda: SGD([weight()] * 2, lr=0.1), ValueError,
         r"^SGD: a parameter appears more than once"),
     Bad("a parameter in two groups", shared_twice, ValueError, r"appears more than once"),
-    Bad("Adam with one beta", lambda: Adam([w()], betas=(0.9,)), ValueError,
+    Bad("Adam with one beta", lambda: Adam([weight()], betas=(0.9,)), ValueError,
         r"^Adam: betas must be a pair \(beta1, beta2\), got \(0.9,\)"),
-    Bad("SGD with negative momentum", lambda: SGD([w()], lr=0.1, momentum=-0.5), ValueError,
+    Bad("SGD with negative momentum", lambda: SGD([weight()], lr=0.1, momentum=-0.5), ValueError,
         r"^SGD: invalid momentum -0.5"),
 ]
 
