@@ -1,6 +1,6 @@
 """Backward through a long chain of ops: time and memory, measured in this process alone.
 
-    python benchmarks/long_chain.py                  # 1,000,000 ops: ~5 s and ~0.7 GB
+    python benchmarks/long_chain.py                  # 1,000,000 ops: ~3 s and ~0.7 GB
     python benchmarks/long_chain.py --ops 100000 --json
 
 Records ``y = -y`` ``--ops`` times on a small vector, runs ``backward()``, and reports the
