@@ -36,10 +36,8 @@ def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> np.ndarray:
         if len(shape) != 2 or target.shape[0] != shape[0]:
             raise ValueError(f"{where}: labels of shape {target.shape} do not match {what} of "
                              f"shape {shape}; expected (N,) labels for (N, C) {what}")
-        if target.size and target.min() < 0:  # a negative label would silently index from the end
-            raise ValueError(f"{where}: labels must be in [0, {shape[1]}), got {target.min()}")
         return target
-    if target.shape != shape or target.dtype.kind not in "fiub":
+    if len(shape) != 2 or target.shape != shape or target.dtype.kind not in "fiub":
         raise ValueError(f"{where}: targets of shape {target.shape} and dtype {target.dtype} do not "
                          f"match {what} of shape {shape}; pass int labels (N,) or one-hot (N, C)")
     return target.astype(inputs.dtype, copy=False)
@@ -57,6 +55,9 @@ def nll_loss(logp: Any, y: Any) -> mt.Tensor:
     logp = logp if isinstance(logp, mt.Tensor) else mt.Tensor(logp)
     target = _target(y, logp, "nll_loss", "log-probs")
     if target.ndim == 1:
+        wrong = target[(target < 0) | (target >= logp.shape[1])]
+        if wrong.size:  # a negative label would silently index from the end
+            raise IndexError(f"nll_loss: labels must be in [0, {logp.shape[1]}), got {wrong[0]}")
         return -logp[np.arange(target.shape[0]), target].mean()
     # Only the classes the target weighs: 0 * log(0) counts as 0, not nan, for ruled-out classes.
     weighed = np.nonzero(target)
@@ -67,7 +68,8 @@ def cross_entropy(logits: Any, y: Any) -> mt.Tensor:
     """Mean cross-entropy of ``logits`` (N, C) against int labels (N,) or one-hot (N, C).
 
     Equal to ``nll_loss(log_softmax(logits), y)`` and stable for large logits; recorded as
-    one fused op, whose backward is ``(softmax(logits) - one_hot(y)) / N``.
+    one fused op, whose backward is ``(softmax(logits) - one_hot(y)) / N``. Labels outside
+    ``[0, C)`` are an IndexError, raised by that op.
 
     >>> round(cross_entropy(np.zeros((3, 4)), np.array([0, 1, 2])).item(), 4)  # log(4)
     1.3863

@@ -57,9 +57,6 @@ def test_no_single_byte_corruption_puts_a_wrong_value_into_the_model(checkpoint,
     # the rest hit bytes no loader reads for the values (timestamps, unused header fields)
 
 
-@pytest.mark.xfail(strict=True, reason="nn/checkpoint.py read_checkpoint lets zipfile's NotImplementedError "
-                   "(a corrupted compression method, version or flag) and RuntimeError (a member marked "
-                   "encrypted) through instead of a CheckpointError; fix proposed in the reliability report")
 def test_every_refused_single_byte_corruption_is_a_checkpoint_error(checkpoint, tmp_path):
     data, saved = checkpoint
     for where, changed in corruptions(data):
