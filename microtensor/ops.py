@@ -201,7 +201,7 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     logp = _log_softmax(logits)
     if target.ndim == 1:
         _check_labels(target, logits.shape[1])
-        return -logp[np.arange(len(logits)), target].mean(), logp
+        return -np.add.reduce(logp[np.arange(len(logits)), target]) / len(logits), logp
     # 0 * log(0) counts as 0, so a class the target rules out may have a logit of -inf.
     weighted = np.multiply(target, logp, where=target != 0,
                            out=np.zeros(logp.shape, np.result_type(target, logp)))
@@ -211,7 +211,8 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
 def _check_labels(labels: np.ndarray, classes: int) -> None:
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+    # Seen as unsigned, a negative label is huge: one reduction finds both kinds of wrong label.
+    if labels.size and np.maximum.reduce(labels.view(f"u{labels.itemsize}")) >= classes:
         wrong = labels[(labels < 0) | (labels >= classes)]
         raise IndexError(f"labels must be in [0, {classes}) for {classes} classes, got {wrong[0]} "
                          f"({wrong.size} out of range)")
