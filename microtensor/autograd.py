@@ -8,6 +8,7 @@ runs the forward and, when gradients are wanted, appends a :class:`Node` to the 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import sys
 import threading
@@ -150,6 +151,17 @@ def _forward_error(op: Op, err: Exception, args: tuple) -> Exception:
         return next(kind for kind in (IndexError, ValueError, TypeError) if isinstance(err, kind))(message)
 
 
+def _param_names(forward: Callable[..., Any], inputs: int) -> tuple[str, ...]:
+    """The names of ``forward``'s arguments after its ``inputs``: its parameters, such as axis.
+
+    NumPy's ufuncs (the forwards of add, greater, ...) take no parameters of ours.
+    """
+    if isinstance(forward, np.ufunc):
+        return ()
+    arguments = list(inspect.signature(forward).parameters.values())[inputs:]
+    return tuple(a.name for a in arguments if a.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
 class Op:
     """A differentiable operation: a forward on arrays, and one VJP per input.
 
@@ -172,7 +184,7 @@ class Op:
     array([2., 4.])
     """
 
-    __slots__ = ("name", "forward", "vjps", "differentiable", "saves", "explain")
+    __slots__ = ("name", "forward", "vjps", "differentiable", "saves", "explain", "param_names")
 
     def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any],
                  saves: bool = False, explain: Callable[..., str | None] | None = None):
@@ -182,11 +194,23 @@ class Op:
         self.differentiable = bool(vjps)
         self.saves = saves
         self.explain = explain
+        self.param_names = _param_names(forward, len(vjps))
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
 
+    def _bind(self, args: tuple, params: dict) -> tuple[tuple, dict]:
+        """Positional arguments past the inputs are parameters: ``mt.sum(x, 0)`` is ``axis=0``."""
+        inputs, extra = args[:len(self.vjps)], args[len(self.vjps):]
+        if len(extra) > len(self.param_names) or set(self.param_names[:len(extra)]) & set(params):
+            raise TypeError(f"{self.name}: takes {len(self.vjps)} input(s) and the parameters "
+                            f"{', '.join(self.param_names)}; got {len(args)} positional arguments "
+                            f"and {', '.join(params) or 'no'} keywords")
+        return inputs, {**dict(zip(self.param_names, extra)), **params}
+
     def __call__(self, *args: Any, **params: Any) -> Tensor:
+        if self.param_names and len(args) > len(self.vjps):
+            args, params = self._bind(args, params)
         try:
             # Lists become arrays here, once, so that VJPs can do arithmetic on them.
             arrays = [a._data if isinstance(a, Tensor) else np.asarray(a) if type(a) in _SEQUENCES else a

@@ -345,3 +345,33 @@ def test_linear_matches_pytorch(rng):
     torch.nn.functional.linear(tx, tw.T, tb).backward(torch.tensor(upstream))
     for mine, theirs in ((x, tx), (w, tw), (b, tb)):
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# -- functional forms take parameters by position too ------------------------------------------
+@pytest.mark.parametrize("functional, method", [
+    (lambda x: mt.sum(x, (0, 1)), lambda x: x.sum(axis=(0, 1))),
+    (lambda x: mt.mean(x, 0, True), lambda x: x.mean(axis=0, keepdims=True)),
+    (lambda x: mt.max(x, 1), lambda x: x.max(axis=1)),
+    (lambda x: mt.log_softmax(x, 0), lambda x: x.log_softmax(axis=0)),
+    (lambda x: mt.softmax(x, 0), lambda x: x.softmax(axis=0)),
+    (lambda x: mt.reshape(x, (4, 3)), lambda x: x.reshape(4, 3)),
+    (lambda x: mt.transpose(x, (1, 0)), lambda x: x.transpose(1, 0)),
+], ids=["sum", "mean", "max", "log_softmax", "softmax", "reshape", "transpose"])
+def test_functional_forms_bind_positional_parameters_like_the_methods(functional, method, rng):
+    x_val = rng.standard_normal((3, 4))
+    a, b = Tensor(x_val, requires_grad=True), Tensor(x_val, requires_grad=True)
+    out_a, out_b = functional(a), method(b)
+    np.testing.assert_array_equal(out_a.data, out_b.data)
+    upstream = rng.standard_normal(out_a.shape)
+    out_a.backward(upstream)
+    out_b.backward(upstream)
+    np.testing.assert_array_equal(a.grad, b.grad)
+    assert str(mt.tape(out_a)) == str(mt.tape(out_b))  # recorded with the same parameters
+
+
+def test_a_parameter_given_twice_or_too_many_arguments_is_a_type_error_naming_the_op():
+    x = Tensor(np.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"^sum: takes 1 input\(s\) and the parameters axis, keepdims"):
+        mt.sum(x, 0, axis=1)
+    with pytest.raises(TypeError, match=r"^sum: .* got 4 positional arguments"):
+        mt.sum(x, 0, False, 3)
