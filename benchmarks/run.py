@@ -25,7 +25,7 @@ INTRO = """# Performance
 
 How long one training step takes (forward, softmax cross-entropy, backward, SGD update),
 as a ratio to the same step written by hand in NumPy with the notebooks' formulas. Below
-1.00x is faster than the hand-written step. The harness is `nn/bench.py`; regenerate this
+1.00x is faster than the hand-written step. The harness is `nn/bench/`; regenerate this
 page with `python benchmarks/run.py` (about three minutes), or run a quick check with
 `microtensor bench`.
 
