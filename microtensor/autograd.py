@@ -122,6 +122,10 @@ class Node:
         self.scope = _scopes.current  # e.g. ("TwoLayerNet", "fc1"), for grouping in pictures
         self.origin = None if _anomaly.detector is None else _user_location()
 
+    def first_order_params(self) -> dict:
+        """The keywords of this node's first-order VJPs: its params, and what its op saved."""
+        return self.params if self.saved is None else {**self.params, "saved": self.saved}
+
 
 def _shapes(values: Iterable[Any]) -> str:
     return ", ".join(str(np.shape(v._data if isinstance(v, Tensor) else v)) for v in values)
@@ -341,8 +345,7 @@ def run_backward(
             if create_graph:
                 out, args, params = t, node.inputs, node.params
             else:
-                out, args = t._data, node.arrays
-                params = node.params if node.saved is None else {**node.params, "saved": node.saved}
+                out, args, params = t._data, node.arrays, node.first_order_params()
             if t._modified_at > node.position:
                 raise _modified_error(node, t, "its output")
             for i, a in enumerate(node.inputs):
@@ -427,10 +430,27 @@ class Tape(list):
         return "\n".join(str(entry) for entry in self)
 
 
-def _describe_constant(value: Any) -> str:
+def describe_constant(value: Any) -> str:
+    """A short label for a non-tensor argument: ``array(3, 4)`` for arrays, tuples element-wise.
+
+    >>> describe_constant((np.arange(3), 2))
+    '(array(3,), 2)'
+    """
+    if isinstance(value, tuple):
+        return "(" + ", ".join(describe_constant(v) for v in value) + ")"
     if isinstance(value, np.ndarray):
         return f"array{value.shape}" if value.size > 1 else repr(value.item())
     return repr(value)
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """An op's non-differentiable arguments as ``k=v``; unset (None) and off (False) ones are left out.
+
+    >>> describe_params({"axis": -1, "keepdims": False})
+    'axis=-1'
+    """
+    return ", ".join(f"{k}={describe_constant(v)}" for k, v in params.items()
+                     if v is not None and v is not False)
 
 
 def tape(output: Tensor) -> Tape:
@@ -451,19 +471,14 @@ def tape(output: Tensor) -> Tape:
         names = []
         for a in t._node.inputs:
             if not isinstance(a, Tensor):
-                names.append(_describe_constant(a))
+                names.append(describe_constant(a))
             elif id(a) in labels:
                 names.append(labels[id(a)])
             else:
                 labels[id(a)] = a.name or f"leaf{next(leaf_count)}"
                 names.append(labels[id(a)])
-        params = ", ".join(
-            f"{k}={_describe_constant(v)}" for k, v in t._node.params.items()
-            if v is not None and v is not False
-        )
-        entries.append(
-            TapeEntry(i, t._node.op.name, tuple(names), labels[id(t)], t.shape, str(t.dtype), params)
-        )
+        entries.append(TapeEntry(i, t._node.op.name, tuple(names), labels[id(t)], t.shape,
+                                 str(t.dtype), describe_params(t._node.params)))
     return entries
 
 
@@ -485,8 +500,10 @@ def grad(
     """
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-    if grad_outputs is None or isinstance(grad_outputs, (Tensor, np.ndarray)):
-        grad_outputs = [grad_outputs] * len(outputs) if grad_outputs is None else [grad_outputs]
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif not isinstance(grad_outputs, (list, tuple)):  # one gradient: a Tensor, array or number
+        grad_outputs = [grad_outputs]
     if len(grad_outputs) != len(outputs):
         raise ValueError(
             f"grad: got {len(grad_outputs)} grad_outputs for {len(outputs)} outputs"

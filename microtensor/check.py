@@ -142,7 +142,7 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
     >>> compare_row("W", np.ones(2), np.ones(2), 1e-8, 1e-5).ok
     True
     """
-    e, a = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    e, a = _as_array(name, expected), _as_array(name, actual)
     if e.shape != a.shape:
         sentence = diagnose(Evidence(e, a, atol, rtol, context))
         return GradRow(name, e.shape, np.nan, np.nan, None, 1.0, False, "mismatch", sentence)
@@ -156,6 +156,14 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
     sentence = "" if ok else diagnose(Evidence(e, a, atol, rtol, context))
     return GradRow(name, e.shape, max_abs, max_abs / max(float(np.abs(e).max()), 1e-300),
                    tuple(int(i) for i in worst), float(bad.mean()), ok, "ok" if ok else "mismatch", sentence)
+
+
+def _as_array(name: str, gradient: Any) -> np.ndarray:
+    array = np.asarray(gradient)
+    if array.dtype.kind not in "fiub":  # None would become nan, strings fail obscurely
+        raise TypeError(f"the gradient given for {name!r} is a {type(gradient).__name__}, not an array "
+                        f"of numbers")
+    return array.astype(np.float64)
 
 
 def _missing_row(name: str, shape: tuple[int, ...], sentence: str) -> GradRow:
@@ -177,22 +185,30 @@ def _is_differentiable(x: Any) -> bool:
     return np.asarray(x).dtype.kind == "f" if isinstance(x, (np.ndarray, float)) else False
 
 
-def _float64_copies(inputs: Sequence[Any]) -> tuple[list[Any], list[np.ndarray | None]]:
+def _float64_copies(inputs: Sequence[Any],
+                    as_tensors: bool = False) -> tuple[list[Any], list[np.ndarray | None]]:
     """What ``f`` is called with for finite differences: float64 copies of the differentiable
-    inputs (each in the kind it came as: Tensor or array), copies of the other arrays; and the
-    float64 arrays to perturb in place (None for inputs that are not differentiated)."""
+    inputs (each in the kind it came as, Tensor or array, unless ``as_tensors``), copies of the
+    other arrays; and the float64 arrays to perturb in place (None where not differentiated)."""
     args: list[Any] = []
     arrays: list[np.ndarray | None] = []
     for x in inputs:
         if _is_differentiable(x):
             array = np.array(x.data if isinstance(x, Tensor) else x, dtype=np.float64)
-            args.append(Tensor(array, name=x.name) if isinstance(x, Tensor) else array)
+            wrap = as_tensors or isinstance(x, Tensor)
+            args.append(Tensor(array, name=getattr(x, "name", None)) if wrap else array)
             arrays.append(array)
         else:
-            args.append(Tensor(x.data.copy(), name=x.name) if isinstance(x, Tensor)
-                        else x.copy() if isinstance(x, np.ndarray) else x)
+            args.append(_copy_constant(x))
             arrays.append(None)
     return args, arrays
+
+
+def _copy_constant(x: Any) -> Any:
+    """An input that is not differentiated, copied so ``f`` cannot change the caller's."""
+    if isinstance(x, Tensor):
+        return Tensor(x.data.copy(), name=x.name)
+    return x.copy() if isinstance(x, np.ndarray) else x
 
 
 def _evaluate(f: Callable[..., Any], args: Sequence[Any]) -> np.ndarray:
@@ -252,6 +268,11 @@ _FULL_JACOBIAN_LIMIT = (100, 1000)  # output elements, total input elements
 _PROJECTIONS = 3
 
 
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+    """Non-uniform values of ``shape``; an ndarray even for shape () (the tape wants arrays)."""
+    return np.asarray(rng.standard_normal(shape), dtype=dtype)
+
+
 def _label(x: Any, i: int) -> str:
     return x.name if isinstance(x, Tensor) and x.name else f"input {i}"
 
@@ -262,13 +283,12 @@ def _tape_args(inputs: Sequence[Any]) -> tuple[list[Any], list[Tensor]]:
     args: list[Any] = []
     leaves: list[Tensor] = []
     for i, x in enumerate(inputs):
-        data = x.data if isinstance(x, Tensor) else x
         if _is_differentiable(x):
+            data = x.data if isinstance(x, Tensor) else x
             leaves.append(Tensor(np.array(data), requires_grad=True, name=_label(x, i)))
             args.append(leaves[-1])
         else:
-            args.append(Tensor(np.array(data), name=x.name) if isinstance(x, Tensor)
-                        else data.copy() if isinstance(data, np.ndarray) else data)
+            args.append(_copy_constant(x))
     return args, leaves
 
 
@@ -276,16 +296,20 @@ def _warn_if_not_double(leaves: Sequence[Tensor]) -> None:
     for leaf in leaves:
         if leaf.dtype != np.float64:
             warnings.warn(
-                f"gradcheck: input {leaf.name!r} is {leaf.dtype}, not float64; finite differences "
-                f"with eps=1e-6 need double precision, so expect false mismatches", stacklevel=3)
+                f"gradcheck: input {leaf.name!r} is {leaf.dtype}, not float64; its tape gradient is "
+                f"compared with float64 finite differences, so expect mismatches of its precision",
+                stacklevel=3)
 
 
 def _tape_gradients(out: Tensor, leaves: Sequence[Tensor], upstream: np.ndarray) -> list[np.ndarray]:
+    upstream = np.asarray(upstream, dtype=out.dtype)  # 0-d arithmetic gives NumPy scalars, not arrays
     grads = grad(out, list(leaves), grad_outputs=upstream, retain_graph=True)
     return [np.zeros(leaf.shape, leaf.dtype) if g is None else g for g, leaf in zip(grads, leaves)]
 
 
-def _full_jacobians(f, out, leaves, args, numeric_args, arrays, eps) -> list[tuple[np.ndarray, np.ndarray]]:
+def _full_jacobians(f: Callable[..., Any], out: Tensor, leaves: Sequence[Tensor], numeric_args: list[Any],
+                    arrays: list[np.ndarray], eps: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(by finite differences, by the tape) Jacobian pairs, shaped output shape + input shape."""
     tape_jac = [np.empty(out.shape + leaf.shape) for leaf in leaves]
     for idx in np.ndindex(out.shape):
         unit = np.zeros(out.shape, out.dtype)
@@ -296,15 +320,17 @@ def _full_jacobians(f, out, leaves, args, numeric_args, arrays, eps) -> list[tup
     return list(zip(numeric, tape_jac))
 
 
-def _projections(f, out, leaves, numeric_args, arrays, eps, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+def _projections(f: Callable[..., Any], out: Tensor, leaves: Sequence[Tensor], numeric_args: list[Any],
+                 arrays: list[np.ndarray], eps: float,
+                 rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     """v^T J u for a few random v (output-shaped) and u (input-shaped), numerically and by tape."""
     numeric = np.empty((len(leaves), _PROJECTIONS))
     by_tape = np.empty((len(leaves), _PROJECTIONS))
     for t in range(_PROJECTIONS):
-        v = rng.standard_normal(out.shape)
-        grads = _tape_gradients(out, leaves, v.astype(out.dtype))
+        v = _random(rng, out.shape)
+        grads = _tape_gradients(out, leaves, v)
         for k, (x, g) in enumerate(zip(arrays, grads)):
-            u = rng.standard_normal(x.shape)
+            u = _random(rng, x.shape)
             by_tape[k, t] = np.sum(g * u)
             numeric[k, t] = np.sum(_numerical_directional(f, numeric_args, x, u, eps) * v)
     return list(zip(numeric, by_tape))
@@ -315,13 +341,13 @@ def _op_input_row(t: Tensor, i: int, graph: _Graph, g: np.ndarray, eps: float, a
     """One recorded op's backward rule for input ``i``, alone, against finite differences of its
     forward at the values it saw, for the upstream gradient ``g``."""
     node = t._node
-    values = [_value(a) for a in node.inputs]
+    values = node.arrays
 
     def forward_with(x: np.ndarray) -> Any:
-        return np.sum(node.op.forward(*values[:i], x, *values[i + 1:], **node.params) * g)
+        return np.sum(node.op.either(*values[:i], x, *values[i + 1:], **node.params) * g)
 
     (numeric,) = numerical_grad(forward_with, [np.asarray(values[i], dtype=np.float64)], eps)
-    by_rule = unbroadcast(node.op.vjps[i](g, t.data, *values, **node.params), np.shape(values[i]))
+    by_rule = _rule(t, i, g)
     use = dataclasses.replace(graph.step(t), index=i, grad_output=g, rest=np.zeros(np.shape(values[i])))
     context = Context(label=use.labels[i], uses=(use,), batch_size=graph.batch_size)
     return compare_row(use.labels[i], numeric, by_rule, atol, rtol, context)
@@ -334,7 +360,7 @@ def _diagnose_ops(out: Tensor, leaves: Sequence[Tensor], rows: dict[int, GradRow
     graph = _Graph(out)
     wrong_ops = []
     for t in recorded_nodes([out]):  # closest to the output first
-        g = rng.standard_normal(t.shape)
+        g = _random(rng, t.shape)
         step = graph.step(t)
         for i, a in enumerate(t._node.inputs):
             if isinstance(a, Tensor) and a.requires_grad and a.size <= _FULL_JACOBIAN_LIMIT[1]:
@@ -387,14 +413,14 @@ def gradcheck(f: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6, a
     out = f(*args)
     if not isinstance(out, Tensor) or not out.requires_grad:
         raise ValueError("gradcheck: f must return a Tensor computed from its inputs with the tape on")
-    numeric_args, arrays = _float64_copies(inputs)
+    numeric_args, arrays = _float64_copies(inputs, as_tensors=True)
     arrays = [x for x in arrays if x is not None]
     if mode == "auto":
         small = out.size <= _FULL_JACOBIAN_LIMIT[0] and sum(x.size for x in arrays) <= _FULL_JACOBIAN_LIMIT[1]
         mode = "full" if small else "projection"
     rng = np.random.default_rng(seed)
     if mode == "full":
-        pairs = _full_jacobians(f, out, leaves, args, numeric_args, arrays, eps)
+        pairs = _full_jacobians(f, out, leaves, numeric_args, arrays, eps)
     elif mode == "projection":
         pairs = _projections(f, out, leaves, numeric_args, arrays, eps, rng)
     else:
@@ -410,13 +436,13 @@ def gradcheck(f: Callable[..., Any], inputs: Sequence[Any], eps: float = 1e-6, a
 # -- the backward contract -----------------------------------------------------------------
 def _contract_checks(out: Tensor, leaves: Sequence[Tensor], originals: Sequence[np.ndarray],
                      rng: np.random.Generator, atol: float, rtol: float) -> list[ContractCheck]:
-    v = rng.standard_normal(out.shape).astype(out.dtype)
-    w = rng.standard_normal(out.shape).astype(out.dtype)
+    v = _random(rng, out.shape, out.dtype)
+    w = _random(rng, out.shape, out.dtype)
     upstream = v.copy()
     g_v = _tape_gradients(out, leaves, v)
     g_again = _tape_gradients(out, leaves, v)
     g_w = _tape_gradients(out, leaves, w)
-    g_mix = _tape_gradients(out, leaves, (2 * v - 3 * w).astype(out.dtype))
+    g_mix = _tape_gradients(out, leaves, 2 * v - 3 * w)
     g_zero = _tape_gradients(out, leaves, np.zeros_like(v))
     names = [leaf.name for leaf in leaves]
 
@@ -515,7 +541,7 @@ class _Graph:
 
     def step(self, t: Tensor) -> Step:
         node = t._node
-        return Step(node.op.name, tuple(_value(a) for a in node.inputs),
+        return Step(node.op.name, tuple(node.arrays),
                     tuple(self.labels.get(id(a), repr(a)) for a in node.inputs), t.data, node.params)
 
     def uses(self, t: Tensor, grads: Mapping[int, Any]) -> tuple[Step, ...]:
@@ -526,8 +552,7 @@ class _Graph:
             g = grads.get(id(user))
             if g is None:
                 continue
-            node, values = user._node, tuple(_value(a) for a in user._node.inputs)
-            through = unbroadcast(node.op.vjps[i](g, user.data, *values, **node.params), t.shape)
+            through = _rule(user, i, g)
             steps.append(dataclasses.replace(self.step(user), index=i, grad_output=g, rest=total - through))
         return tuple(steps)
 
@@ -556,8 +581,12 @@ class _Graph:
         return seen
 
 
-def _value(a: Any) -> Any:
-    return a.data if isinstance(a, Tensor) else a
+def _rule(t: Tensor, i: int, g: np.ndarray) -> np.ndarray:
+    """What the tape's backward rule of the op that made ``t`` sends to its input ``i`` for the
+    upstream gradient ``g``, at the values the op saw (summed back to the input's shape)."""
+    node = t._node
+    through = node.op.vjps[i](g, t.data, *node.arrays, **node.first_order_params())
+    return np.asarray(unbroadcast(through, np.shape(node.arrays[i])), dtype=np.float64)
 
 
 def _gradient(grads: Mapping[int, Any], t: Tensor) -> np.ndarray:
@@ -566,9 +595,11 @@ def _gradient(grads: Mapping[int, Any], t: Tensor) -> np.ndarray:
 
 
 def _batch_size(nodes: list[Tensor]) -> int | None:
-    """The N of the last mean (or division by a whole number) before the output, if any."""
+    """The N of the last mean (a cross-entropy, or a division by a whole number) before the output."""
     for t in nodes:
         op, inputs = t._node.op.name, t._node.inputs
+        if op == "softmax_cross_entropy":
+            return inputs[0].shape[0]
         if op == "mean" and inputs[0].size > t.size:
             return inputs[0].size // t.size
         divisor = inputs[1] if op == "div" else None
@@ -606,13 +637,18 @@ def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, 
 
 def _note_inherited(rows: list[GradRow], tensors: list[Tensor], graph: _Graph) -> list[GradRow]:
     """Tell a wrong row that a wrong gradient downstream of it may be the cause."""
-    wrong = [t for t, row in zip(tensors, rows) if not row.ok]
+    wrong = [(row, graph.ancestors(t)) for t, row in zip(tensors, rows) if not row.ok]
     noted = []
     for t, row in zip(tensors, rows):
-        downstream = [d.name for d in wrong if d is not t and id(t) in graph.ancestors(d)]
+        downstream = [cause for cause, ancestors in wrong if id(t) in ancestors]
         if row.ok or row.verdict == "WRONG" or not downstream:
             noted.append(row)
             continue
-        note = f" (this may follow from the wrong gradient of {downstream[0]!r}: fix that first)"
-        noted.append(dataclasses.replace(row, diagnosis=row.diagnosis + note))
+        cause = downstream[0]
+        if row.diagnosis == cause.diagnosis:
+            sentence = f"carries the mistake of {cause.name!r} along (fix that first)"
+        else:
+            sentence = (f"may follow from the wrong gradient of {cause.name!r} (fix that first); on its "
+                        f"own it {row.diagnosis}")
+        noted.append(dataclasses.replace(row, diagnosis=sentence))
     return noted

@@ -233,8 +233,8 @@ def l2_term(ev: Evidence) -> str | None:
     if beta < 0:
         return (f"misses the L2 term {-beta:.3g} * {name}: add reg * {name}, the gradient of "
                 f"0.5 * reg * sum({name}**2)")
-    return (f"has an extra L2 term {beta:.3g} * {name}: the loss has no such term (biases are not "
-            f"regularised), or it is counted twice (the gradient of 0.5 * reg * sum({name}**2) is "
+    return (f"has an extra L2 term {beta:.3g} * {name}: either the loss has no L2 on {name} (biases are "
+            f"usually not regularised) or it is counted twice (0.5 * reg * sum({name}**2) gives "
             f"reg * {name})")
 
 
@@ -261,10 +261,13 @@ def _relu_masks(ev: Evidence, use: Step) -> Iterator[tuple[str, np.ndarray]]:
     yield f"uses the inverted ReLU mask ({label} <= 0); the derivative of relu is ({label} > 0)", z <= 0
     yield (f"is masked by the sign of the incoming gradient (g > 0); the ReLU mask comes from the "
            f"forward value ({label} > 0)"), g > 0
+    masks: dict[bytes, tuple[list[str], np.ndarray]] = {}  # tensors that give the same mask, together
     for other, value in ev.context.tensors.items():
         if value.shape == z.shape and not np.array_equal(value > 0, z > 0):
-            yield (f"is masked with ({other} > 0), a mask from the wrong tensor: the ReLU derivative "
-                   f"is ({label} > 0), from this ReLU's own input"), value > 0
+            masks.setdefault(np.packbits(value > 0).tobytes(), ([], value > 0))[0].append(f"({other} > 0)")
+    for labels, mask in masks.values():
+        yield (f"is masked with {' or '.join(labels)}, a mask from the wrong tensor: the ReLU derivative "
+               f"is ({label} > 0), from this ReLU's own input"), mask
 
 
 def wrong_relu_mask(ev: Evidence) -> str | None:
@@ -349,8 +352,8 @@ def log_softmax_without_g(ev: Evidence) -> str | None:
 
 
 def matmul_without_transpose(ev: Evidence) -> str | None:
-    for use in ev.uses("matmul"):
-        a, b = use.inputs
+    for use in ev.uses("matmul", "linear"):
+        a, b = use.inputs[:2]
         if use.index != 0 or np.ndim(a) != 2 or np.ndim(b) != 2 or b.shape[0] != b.shape[1]:
             continue
         if ev.fits(use.rest + use.grad_output @ b):
@@ -360,13 +363,31 @@ def matmul_without_transpose(ev: Evidence) -> str | None:
     return None
 
 
+def cross_entropy_missing_term(ev: Evidence) -> str | None:
+    for use in ev.uses("softmax_cross_entropy"):
+        logits, target = use.inputs
+        if use.index != 0:
+            continue
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        y = np.eye(logits.shape[1])[target] if target.ndim == 1 else target
+        scale = use.grad_output / len(logits)
+        if ev.fits(use.rest - y * scale):
+            return ("misses the softmax * sum(g) term: the gradient of the mean cross-entropy "
+                    "with respect to the logits is (probs - y) / N, not -y / N")
+        if ev.fits(use.rest + probs * scale):
+            return "misses the - y of (probs - y) / N: the labels were never subtracted from probs"
+    return None
+
+
 def summed_over_wrong_axis(ev: Evidence) -> str | None:
-    for use in ev.uses("add"):
+    for use in ev.context.uses:
         g = use.grad_output
-        if g.ndim == 2 and ev.expected.shape == g.shape[1:] and ev.actual.shape == g.shape[:1]:
-            if ev.fits(g.sum(axis=1)):
-                return (f"has one entry per example, shape {ev.actual.shape}: summed over axis 1 "
-                        f"instead of the batch axis 0 (g.sum(axis=0))")
+        if g is None or g.ndim != 2 or ev.expected.shape != g.shape[1:] or ev.actual.shape != g.shape[:1]:
+            continue
+        if ev.fits(g.sum(axis=1)):
+            return (f"has one entry per example, shape {ev.actual.shape}: summed over axis 1 "
+                    f"instead of the batch axis 0 (g.sum(axis=0))")
     return None
 
 
@@ -394,7 +415,7 @@ HYPOTHESES: list[Hypothesis] = [
     kept_an_axis, not_summed_over_batch, summed_over_wrong_axis, transposed, wrong_shape,
     all_zeros, expected_zero, sign_flipped,
     wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, log_softmax_without_g,
-    matmul_without_transpose, masked_too_early,
+    cross_entropy_missing_term, matmul_without_transpose, masked_too_early,
     constant_factor, l2_term, regularised_gradient,
     correct_only_where_relu_active, zeros_where_gradient_expected,
 ]

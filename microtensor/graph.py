@@ -25,7 +25,7 @@ from typing import Any
 import graphviz
 import numpy as np
 
-from microtensor.autograd import _describe_constant, recorded_nodes
+from microtensor.autograd import describe_constant, describe_params, recorded_nodes
 from microtensor.tensor import Tensor
 
 # Ops whose arguments can be swapped; the edges into every other op with two or more
@@ -99,18 +99,6 @@ def _shape_line(shape: tuple[int, ...], dtype: np.dtype, default_dtype: np.dtype
     return _text(f"{shape} {dtype}" if shown else str(shape))
 
 
-def _describe_param(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_describe_constant(v) for v in value) + ")"
-    return _describe_constant(value)
-
-
-def _op_params(params: dict[str, Any]) -> str:
-    # The same arguments the tape listing shows: unset (None) and off (False) ones are left out.
-    return ", ".join(f"{k}={_describe_param(v)}" for k, v in params.items()
-                     if v is not None and v is not False)
-
-
 def _wrapped(text: str) -> list[str]:
     """Long diagnoses as lines of a readable width; the writer's own line breaks are kept."""
     return [part for line in text.split("\n") for part in
@@ -172,7 +160,7 @@ class _Picture:
         name = self.names.get(id(t)) or t.name
         op = _text(node.op.name)
         lines = [f"<b>{_text(name)}</b>", f"#{number} {op}"] if name else [f"#{number} <b>{op}</b>"]
-        settings = _op_params(node.params)
+        settings = describe_params(node.params)
         if settings:
             lines.append(_text(settings))
         # The output's dtype is always shown: it is the default every other node is compared to.
@@ -192,7 +180,7 @@ class _Picture:
             if id(value) not in self.drawn:
                 self.drawn[id(value)] = self._leaf(value)
             return self.drawn[id(value)]
-        label = _describe_constant(value)
+        label = describe_constant(value)
         if isinstance(value, np.ndarray) and value.dtype != self.default_dtype:
             label += f" {value.dtype}"
         return self._new("const", "constant", [_text(label)])

@@ -23,7 +23,7 @@ import numpy as np
 import microtensor as mt
 import nn
 import nn.manual
-from nn import data
+from nn import bench, data
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -282,9 +282,7 @@ def _graph(args: argparse.Namespace) -> int:
 
 # -- bench ----------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
-    from nn import bench  # imported here: it is the only command that needs it
-
-    return bench.main(["--quick"] if args.quick else [])
+    return bench.run_command(args)
 
 
 # -- the parser -----------------------------------------------------------------------------
@@ -353,9 +351,9 @@ def make_parser() -> argparse.ArgumentParser:
     graph.add_argument("--batch", type=_positive_int, default=8, help="examples in the batch")
     graph.set_defaults(run=_graph)
 
-    bench = commands.add_parser("bench", help="time a training step against hand-written NumPy (quick)")
-    bench.add_argument("--full", dest="quick", action="store_false", help="the full run, minutes long")
-    bench.set_defaults(run=_bench)
+    timing = commands.add_parser("bench", help="time a training step against hand-written NumPy",
+                                 description=bench.DESCRIPTION)
+    bench.add_arguments(timing).set_defaults(run=_bench)
     return parser
 
 

@@ -17,15 +17,15 @@ True
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 import microtensor as mt
-from microtensor.check import GradReport, format_table
+from microtensor.check import format_table
 from nn import functional
 from nn.layers import Dropout, Linear, ReLU, Sigmoid, Tanh
 from nn.module import Module, Parameter
@@ -116,23 +116,28 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def gradients(model: Module, X: Any, y: Any, reg: float = 0.0) -> dict[str, np.ndarray]:
+def gradients(model: Module, X: Any, y: Any, reg: float = 0.0, *,
+              layer_outputs: bool = False) -> dict[str, np.ndarray]:
     """Every parameter's gradient of the mean cross-entropy (+ L2 on weights), by the formulas.
 
     Computed in float64 and returned in each parameter's dtype, keyed as ``named_parameters()``.
+    With ``layer_outputs``, also the gradient of each layer's output, keyed by the layer's name
+    (``"fc1"``, ``"relu"``, ...): the ``dz1``, ``dh`` of the notebooks.
 
     >>> import nn
     >>> model = nn.TwoLayerNet(2, 3, 2, seed=0)
-    >>> gradients(model, np.ones((4, 2)), np.array([0, 1, 1, 0]))["fc2.bias"].shape
-    (2,)
+    >>> grads = gradients(model, np.ones((4, 2)), np.array([0, 1, 1, 0]), layer_outputs=True)
+    >>> grads["fc2.bias"].shape, grads["relu"].shape
+    ((2,), (4, 3))
     """
     layers = chain(model)
     X = np.asarray(X.data if isinstance(X, mt.Tensor) else X, dtype=np.float64)
     values = _forward(layers, X)
     n = X.shape[0]
     g = (_softmax(values[-1]) - _one_hot(y, n, values[-1].shape[1])) / n  # d loss / d logits
-    grads = {}
+    grads, outputs = {}, {}
     for (name, layer), x, out in reversed(list(zip(layers, values[:-1], values[1:]))):
+        outputs[name] = g
         if isinstance(layer, Linear):
             W = layer.weight.data.astype(np.float64)
             grads[_dotted(name, "weight")] = x.T @ g + reg * W
@@ -141,7 +146,8 @@ def gradients(model: Module, X: Any, y: Any, reg: float = 0.0) -> dict[str, np.n
             g = g @ W.T
         else:
             g = _ACTIVATIONS[type(layer)][1](g, x, out)
-    return {name: grads[name].astype(p.dtype) for name, p in model.named_parameters()}
+    result = {name: grads[name].astype(p.dtype) for name, p in model.named_parameters()}
+    return {**result, **outputs} if layer_outputs else result
 
 
 # -- three-way check -------------------------------------------------------------------------
@@ -156,37 +162,26 @@ def loss(model: Module, X: Any, y: Any, reg: float = 0.0) -> mt.Tensor:
     return functional.cross_entropy(model(X), y) + functional.l2_penalty(weights, reg)
 
 
-@contextlib.contextmanager
-def _parameters_set_to(parameters: Sequence[Parameter], arrays: Sequence[np.ndarray]) -> Iterator[None]:
-    saved = [p.data for p in parameters]
-    try:
-        for p, array in zip(parameters, arrays):
-            p.data = array
-        yield
-    finally:
-        for p, array in zip(parameters, saved):
-            p.data = array
-
-
 def _finite_differences(model: Module, X: Any, y: Any, reg: float, eps: float, entries: int | None,
                         rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """({name: flat indices}, {name: d loss / d those entries}) by central differences in float64.
 
     Only ``entries`` random entries of each parameter are perturbed (all when None or more).
+    The perturbed model is a copy: writing the caller's parameters would mark them as changed,
+    and the engine would then refuse a backward through any graph the caller built before.
     """
+    model = copy.deepcopy(model)
     named = dict(model.named_parameters())
     picks = {name: np.arange(p.size) if entries is None or p.size <= entries
              else np.sort(rng.choice(p.size, entries, replace=False)) for name, p in named.items()}
     bases = {name: p.data.astype(np.float64).ravel() for name, p in named.items()}
 
     def loss_at(*values: np.ndarray) -> mt.Tensor:
-        arrays = []
         for (name, p), value in zip(named.items(), values):
             array = bases[name].copy()
             array[picks[name]] = value
-            arrays.append(array.reshape(p.shape))
-        with _parameters_set_to(list(named.values()), arrays):
-            return loss(model, X, y, reg)
+            p.data = array.reshape(p.shape)
+        return loss(model, X, y, reg)
 
     numerical = mt.numerical_grad(loss_at, [bases[name][pick] for name, pick in picks.items()], eps)
     return picks, dict(zip(named, numerical))
@@ -231,7 +226,8 @@ class ManualReport:
     layer first); ``first_wrong`` is the first parameter where anything disagrees.
     """
 
-    def __init__(self, title: str, reports: tuple[GradReport, GradReport, GradReport], note: str) -> None:
+    def __init__(self, title: str, reports: tuple[mt.GradReport, mt.GradReport, mt.GradReport],
+                 note: str) -> None:
         self.title = title
         self.tape_vs_manual, self.tape_vs_numerical, self.manual_vs_numerical = reports
         self.note = note
@@ -274,6 +270,13 @@ class ManualReport:
         return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def _relu_inputs_near_zero(model: Module, X: Any, eps: float) -> int:
+    layers = chain(model)
+    values = _forward(layers, np.asarray(X.data if isinstance(X, mt.Tensor) else X, dtype=np.float64))
+    return sum(int(np.sum(np.abs(x) <= eps)) for (_, layer), x in zip(layers, values)
+               if isinstance(layer, ReLU))
+
+
 def _tolerances(parameters: Any, atol: float | None, rtol: float | None) -> tuple[float, float]:
     double = all(p.dtype == np.float64 for p in parameters)
     return (atol if atol is not None else 1e-8 if double else 1e-5,
@@ -310,7 +313,9 @@ def check(model: Module, X: Any, y: Any, reg: float = 0.0, *, atol: float | None
     reports = (compare(tape, manual), compare(numerical, at_picks(tape)),
                compare(numerical, at_picks(manual)))
     perturbed, total = sum(map(len, picks.values())), sum(p.size for p in named.values())
+    kinks = _relu_inputs_near_zero(model, X, eps)
     note = (f"{type(model).__name__}, batch of {n}, reg={reg:g}, {next(iter(named.values())).dtype}; "
-            f"finite differences at {perturbed} of {total} entries (eps={eps:g}); "
+            f"finite differences at {perturbed} of {total} entries (eps={eps:g}"
+            f"{f'; {kinks} ReLU input(s) within eps of 0, where they are unreliable' if kinks else ''}); "
             f"each error is max |a - b| / max |b|  (atol={atol:g}, rtol={rtol:g})")
     return ManualReport("nn.manual.check", reports, note)

@@ -131,3 +131,14 @@ def test_a_manual_file_without_backward_is_a_one_line_error(tmp_path):
 def test_the_module_runs_as_a_script_too():
     result = subprocess.run([sys.executable, "-m", "nn.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "microtensor" in result.stdout
+
+
+def test_bench_checks_and_times_a_workload_and_prints_the_table():
+    result = run("bench", "--workloads", "W1", "--implementations", "microtensor-nn")
+    assert result.returncode == 0, result.stderr
+    assert "| W1 | microtensor nn+optim |" in result.stdout
+    assert "agrees on loss, gradients, weights" in result.stdout
+
+
+def test_bench_with_an_unknown_workload_is_a_one_line_error():
+    assert_one_line_error(run("bench", "--workloads", "W9"), "--workloads", "invalid choice")

@@ -90,4 +90,6 @@ def test_random_expression_graphs_match_finite_differences(shape, steps, data):
     np.testing.assert_allclose(out.data, build(x_val, 1), rtol=1e-10, atol=1e-12)
     out.backward(upstream)
     (expected,) = numeric_vjp(lambda v: build(v, 1), [x_val], upstream)
-    np.testing.assert_allclose(x.grad, expected, rtol=1e-5, atol=1e-6)
+    # Finite differences lose digits in proportion to the gradient's size (x**8 at x=2, say),
+    # so the absolute tolerance scales with it.
+    np.testing.assert_allclose(x.grad, expected, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(expected).max()))

@@ -275,3 +275,16 @@ def test_assigning_non_floating_data_to_a_tensor_that_requires_grad_is_a_type_er
     W = Tensor(np.ones(2), requires_grad=True)
     with pytest.raises(TypeError, match="Tensor.data.*integer"):
         W.data = np.array([1, 2])
+
+
+def test_grad_accepts_a_numpy_scalar_or_a_number_as_the_gradient_of_a_scalar_output():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    for upstream in (np.float64(2.0), 2.0, np.array(2.0)):
+        (gx,) = mt.grad((x * x).sum(), x, grad_outputs=upstream)
+        np.testing.assert_allclose(gx, 4 * x.data)
+
+
+def test_tape_describes_index_arrays_by_shape_not_by_value():
+    x = Tensor(np.ones((3, 4)), requires_grad=True)
+    listing = mt.tape(x[np.arange(3), np.array([0, 2, 2])].sum())
+    assert listing[0].params == "index=(array(3,), array(3,))"

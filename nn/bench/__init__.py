@@ -1,0 +1,124 @@
+"""Benchmark harness: a training step of microtensor against a hand-written NumPy step.
+
+A workload is an MLP shape and a batch size (:mod:`nn.bench.workloads`). Every
+implementation of one training step (:mod:`nn.bench.steps`: forward, softmax cross-entropy
+averaged over the batch, backward, SGD update) starts from the same weights and data.
+Before timing, each one's first step is checked against the NumPy reference (loss,
+gradients, weights after the update); then all of them run interleaved in rounds
+(:mod:`nn.bench.timing`), and each is reported as the median of its per-round ratios to
+the reference (:mod:`nn.bench.report`). :mod:`nn.bench.memory` measures peak RSS and
+growth; :mod:`nn.bench.system` sets and reports threads.
+
+``microtensor bench`` (:func:`main`) runs a quick version in this process;
+``python benchmarks/run.py`` runs the full one per thread setting and writes
+``docs/performance.md``.
+
+>>> report = run([Workload("tiny", (3, 4, 2), 5)], implementations=["numpy", "microtensor"],
+...              rounds=2, block_seconds=0.001)
+>>> [(r.implementation, r.agrees) for r in report.results]
+[('numpy', None), ('microtensor', True)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from nn.bench.memory import (
+    memory_growth,
+    memory_growth_in_fresh_process,
+    peak_rss,
+    peak_rss_in_fresh_process,
+)
+from nn.bench.report import Report, Result, memory_targets, render, speed_targets, tool_targets
+from nn.bench.steps import (
+    FLOOR,
+    IMPLEMENTATIONS,
+    REFERENCE,
+    TARGET,
+    Implementation,
+    MatmulFloor,
+    MicrotensorNN,
+    MicrotensorTensors,
+    NumpyStep,
+    SklearnMLP,
+    TorchEager,
+    TorchNN,
+    Trainer,
+    matmul_operands,
+    microtensor_loss,
+    resolve,
+)
+from nn.bench.system import in_fresh_process, machine, set_threads
+from nn.bench.timing import TOLERANCE, bench_workload, disagreement, first_step, interleave, time_tools
+from nn.bench.workloads import TOOLS_WORKLOAD, WORKLOADS, Problem, Workload, make_problem
+
+__all__ = [
+    "run", "main", "add_arguments", "run_command", "DESCRIPTION", "QUICK", "FULL",
+    "Workload", "WORKLOADS", "TOOLS_WORKLOAD", "Problem", "make_problem",
+    "Trainer", "Implementation", "IMPLEMENTATIONS", "REFERENCE", "FLOOR", "TARGET", "resolve",
+    "NumpyStep", "MatmulFloor", "MicrotensorTensors", "MicrotensorNN", "TorchEager", "TorchNN",
+    "SklearnMLP", "matmul_operands", "microtensor_loss",
+    "TOLERANCE", "first_step", "disagreement", "interleave", "bench_workload", "time_tools",
+    "Report", "Result", "render", "speed_targets", "tool_targets", "memory_targets",
+    "peak_rss", "peak_rss_in_fresh_process", "memory_growth", "memory_growth_in_fresh_process",
+    "machine", "set_threads", "in_fresh_process",
+]
+
+QUICK = {"rounds": 3, "block_seconds": 0.01}
+FULL = {"rounds": 15, "block_seconds": 0.05}
+
+
+def run(workloads: Sequence[Workload] = WORKLOADS, dtypes: Sequence[str] = ("float64",),
+        threads: int | None = None, implementations: Sequence[str | Implementation] | None = None,
+        rounds: int = QUICK["rounds"], block_seconds: float = QUICK["block_seconds"]) -> Report:
+    """Check, then time, every implementation on every workload and dtype, in this process.
+
+    ``implementations``: names from ``IMPLEMENTATIONS`` or :class:`Implementation` objects;
+    the NumPy reference always runs. ``threads`` limits BLAS and torch (None: as found).
+    """
+    ready, skipped = resolve(implementations)
+    report = Report(machine(), set_threads(threads), {"rounds": rounds, "block_seconds": block_seconds},
+                    [w.name for w in workloads], {w.name: w.label for w in workloads}, skipped=skipped,
+                    load=[os.getloadavg()[0]])
+    for dtype in dtypes:
+        for workload in workloads:
+            report.results += bench_workload(workload, dtype, ready, rounds, block_seconds)
+    report.tools = time_tools()
+    report.load.append(os.getloadavg()[0])
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``microtensor bench``, added to ``parser``."""
+    parser.add_argument("--full", action="store_true", help="full rounds (default: a quick run)")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: as is)")
+    parser.add_argument("--dtypes", nargs="+", default=["float64"], choices=sorted(TOLERANCE))
+    parser.add_argument("--workloads", nargs="+", default=[w.name for w in WORKLOADS],
+                        choices=[w.name for w in WORKLOADS])
+    parser.add_argument("--implementations", nargs="+", default=None, choices=list(IMPLEMENTATIONS))
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``microtensor bench`` with parsed ``args``; 1 when an implementation disagrees, else 0."""
+    settings = FULL if args.full else QUICK
+    workloads = [w for w in WORKLOADS if w.name in args.workloads]
+    report = run(workloads, args.dtypes, args.threads, args.implementations, **settings)
+    print(render([report]))
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``microtensor bench``: check and time the workloads here, print a markdown table.
+
+    Returns 1 when an implementation disagrees with the NumPy reference, else 0.
+    """
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="microtensor bench", description=DESCRIPTION))
+    return run_command(parser.parse_args(argv))
+
+
+DESCRIPTION = ("Check one training step of each implementation against a hand-written NumPy step, "
+               "time them interleaved, and print the ratios as a markdown table.")

@@ -1,0 +1,115 @@
+"""The machine and its threads: what the numbers belong to, and fresh processes to measure in."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_threads(threads: int | None) -> dict[str, Any]:
+    """Limit BLAS, OpenMP and torch to ``threads`` threads (None: leave them); report what holds.
+
+    Only libraries already loaded are limited in place (the variables cover later ones),
+    so import the optional libraries first; the runner also sets the variables before
+    starting each process.
+    """
+    method = "as found"
+    if threads is not None:
+        for variable in THREAD_VARIABLES:
+            os.environ[variable] = str(threads)
+        method = "environment variables"
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=threads)
+            method = "threadpoolctl"
+        except ImportError:
+            pass
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    return {"requested": threads, "method": method, **_threads_in_effect()}
+
+
+def _threads_in_effect() -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    found: dict[str, Any] = {"torch": None if torch is None else torch.get_num_threads()}
+    try:
+        from threadpoolctl import threadpool_info
+
+        found["pools"] = {f"{p['internal_api']} ({p['prefix']})": p["num_threads"] for p in threadpool_info()}
+    except ImportError:
+        found["pools"] = {v: os.environ.get(v, "unset") for v in THREAD_VARIABLES}
+    return found
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _numpy_blas() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            if pool["user_api"] == "blas" and "numpy" in pool["filepath"]:
+                return f"{pool['internal_api']} {pool['version']} ({pool['architecture']})"
+    except ImportError:
+        pass
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    return f"{blas.get('name')} {blas.get('version')}"
+
+
+def machine() -> dict[str, str]:
+    """The CPU, core count and library versions the numbers belong to."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy BLAS": _numpy_blas(),
+        "torch": _version("torch"),
+        "scikit-learn": _version("scikit-learn"),
+    }
+
+
+def in_fresh_process(call: str, threads: int | None = None) -> Any:
+    """Evaluate ``call`` (with ``b`` standing for ``nn.bench``) in a new Python; return its JSON.
+
+    The new process imports this checkout's packages, and its thread variables are set
+    to ``threads`` before any library loads.
+
+    >>> in_fresh_process("b.WORKLOADS[0].sizes")
+    [2, 32, 2]
+    """
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding nn/
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    if threads is not None:
+        env.update({variable: str(threads) for variable in THREAD_VARIABLES})
+    code = f"import json, nn.bench as b; print(json.dumps({call}))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench: {call} failed in a fresh process:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])

@@ -1,0 +1,188 @@
+"""Checking every implementation's first step against the reference, then timing them interleaved."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import microtensor as mt
+from nn.bench.report import Result
+from nn.bench.steps import FLOOR, REFERENCE, Implementation, Trainer, microtensor_loss
+from nn.bench.workloads import TOOLS_WORKLOAD, Workload, make_problem, parameter_names
+
+# Relative error allowed between an implementation's first step and the reference's.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+
+
+@dataclass
+class FirstStep:
+    """What one step from the initial weights produced."""
+
+    loss: float
+    gradients: list[np.ndarray] | None
+    weights: list[np.ndarray] | None
+
+
+def first_step(trainer: Trainer) -> FirstStep:
+    """Run the first step and copy out its loss, gradients and updated weights."""
+    loss = trainer.step()
+    loss = float(loss.item() if hasattr(loss, "item") else loss)  # numpy, microtensor and torch scalars
+    copy = lambda arrays: None if arrays is None else [np.array(a, dtype=np.float64) for a in arrays]
+    return FirstStep(loss, copy(trainer.gradients()), copy(trainer.weights()))
+
+
+def _relative_error(expected: np.ndarray, actual: np.ndarray) -> float:
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-30)
+    return float(np.max(np.abs(expected - actual), initial=0.0)) / scale
+
+
+def disagreement(reference: FirstStep, other: FirstStep, tolerance: float) -> str | None:
+    """What differs between two first steps beyond ``tolerance`` (relative), or None.
+
+    >>> same = FirstStep(1.0, [np.ones(2)], None)
+    >>> disagreement(same, same, 1e-9) is None
+    True
+    >>> disagreement(same, FirstStep(1.0, [2 * np.ones(2)], None), 1e-9)
+    'gradient of W1: relative error 1e+00 > 1e-09'
+    """
+    error = _relative_error(np.array(reference.loss), np.array(other.loss))
+    if not error <= tolerance:
+        return f"loss {other.loss:.6g} vs {reference.loss:.6g}: relative error {error:.0e} > {tolerance:.0e}"
+    for what in ("gradients", "weights"):
+        ours, theirs = getattr(reference, what), getattr(other, what)
+        if theirs is None:
+            continue
+        for name, expected, actual in zip(parameter_names(len(ours)), ours, theirs):
+            label = f"{what[:-1].replace('weight', 'updated weight')} of {name}"
+            if expected.shape != actual.shape:
+                return f"{label}: shape {actual.shape}, expected {expected.shape}"
+            error = _relative_error(expected, actual)
+            if not error <= tolerance:
+                return f"{label}: relative error {error:.0e} > {tolerance:.0e}"
+    return None
+
+
+def _checked(other: FirstStep) -> str:
+    parts = ["loss"] + [what for what in ("gradients", "weights") if getattr(other, what) is not None]
+    return "agrees on " + ", ".join(parts)
+
+
+def _time_block(trainer: Trainer, steps: int) -> float:
+    """Seconds per step over a block of ``steps`` steps."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step()
+    return (time.perf_counter() - start) / steps
+
+
+def _steps_per_block(trainer: Trainer, block_seconds: float) -> int:
+    """How many steps fill about ``block_seconds``, measured on doubling blocks after a warm-up."""
+    if _time_block(trainer, 1) >= block_seconds:  # a warm-up: first calls may build caches
+        return 1
+    steps = 1
+    while True:
+        per_step = _time_block(trainer, steps)
+        if per_step * steps >= block_seconds / 4 or steps >= 1 << 16:
+            return max(1, round(block_seconds / per_step))
+        steps *= 2
+
+
+def interleave(trainers: dict[str, Trainer], rounds: int, block_seconds: float) -> tuple[dict, dict]:
+    """Per-step seconds of each trainer in each round, and the steps per block used.
+
+    Every round runs every trainer for one block; the order rotates from round to round,
+    so no implementation always runs first (or right after a heavy one).
+    """
+    steps = {name: _steps_per_block(t, block_seconds) for name, t in trainers.items()}
+    names = list(trainers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_time_block(trainers[name], steps[name]))
+    return times, steps
+
+
+def _paired_ratios(times: list[float], baseline: list[float]) -> list[float]:
+    return [t / b for t, b in zip(times, baseline)]
+
+
+def _summarise(workload: str, dtype: str, checks: dict[str, tuple[str, bool | None]],
+               times: dict[str, list[float]], steps: dict[str, int]) -> list[Result]:
+    results = []
+    for name, (check, agrees) in checks.items():
+        result = Result(workload, dtype, name, check, agrees)
+        if name in times:
+            ratios = _paired_ratios(times[name], times[REFERENCE.name])
+            result.steps_per_block = steps[name]
+            result.median = statistics.median(times[name])
+            result.minimum, result.maximum = min(times[name]), max(times[name])
+            result.ratio = statistics.median(ratios)
+            result.ratio_min, result.ratio_max = min(ratios), max(ratios)
+            if FLOOR.name in times:
+                result.floor_ratio = statistics.median(_paired_ratios(times[name], times[FLOOR.name]))
+        results.append(result)
+    return results
+
+
+def bench_workload(workload: Workload, dtype: str, implementations: Sequence[Implementation],
+                   rounds: int, block_seconds: float) -> list[Result]:
+    """Check every implementation's first step against the reference, then time the agreeing ones."""
+    problem = make_problem(workload, dtype)
+    trainers = {impl.name: impl.make(problem) for impl in implementations}
+    reference = first_step(trainers[REFERENCE.name])
+    checks: dict[str, tuple[str, bool | None]] = {REFERENCE.name: ("reference", None)}
+    for name, trainer in trainers.items():
+        if name == REFERENCE.name:
+            continue
+        if name == FLOOR.name:
+            checks[name] = ("not a training step", None)
+            continue
+        other = first_step(trainer)
+        wrong = disagreement(reference, other, TOLERANCE[dtype])
+        checks[name] = (f"DISAGREES: {wrong}", False) if wrong else (_checked(other), True)
+    timed = {name: t for name, t in trainers.items() if checks[name][1] is not False}
+    times, steps = interleave(timed, rounds, block_seconds)
+    return _summarise(workload.name, dtype, checks, times, steps)
+
+
+def _median_seconds(action: Callable[[], Any], repeats: int) -> float:
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def time_tools(repeats: int = 5) -> dict[str, float | str]:
+    """Median seconds of the interactive tools on a small three-layer net.
+
+    ``gradcheck`` and ``draw_graph`` are timed once the engine has them. A tool that
+    raises is reported as ``"failed: ..."`` instead of stopping the benchmark.
+
+    >>> "tape" in time_tools(repeats=1)
+    True
+    """
+    problem = make_problem(TOOLS_WORKLOAD)
+    params = [mt.Tensor(w.copy(), requires_grad=True) for w in problem.weights]
+    loss_of = lambda *ps: microtensor_loss(problem.X, problem.y, ps)
+    loss = loss_of(*params)
+    tools = {
+        "tape": lambda: str(mt.tape(loss)),
+        "gradcheck": lambda: mt.gradcheck(loss_of, params),
+        "draw_graph": lambda: mt.draw_graph(loss).source,
+    }
+    timings: dict[str, float | str] = {}
+    for name, action in tools.items():
+        if hasattr(mt, name):
+            try:
+                timings[name] = _median_seconds(action, repeats)
+            except Exception as err:  # any failure is itself the finding
+                timings[name] = f"failed: {type(err).__name__}: {err}"
+    return timings

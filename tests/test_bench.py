@@ -1,0 +1,249 @@
+"""The benchmark harness in quick mode on tiny sizes: structure and agreement, never speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import microtensor as mt
+from nn import bench
+from nn.bench import Implementation, NumpyStep, Report, Result, Workload, make_problem
+
+TWO_LAYER = Workload("two", (3, 5, 4), 7)
+THREE_LAYER = Workload("three", (4, 6, 5, 3), 9)
+BINARY = Workload("binary", (2, 4, 2), 6)
+
+
+def quick(workloads, implementations=None, dtypes=("float64",)):
+    return bench.run(workloads, dtypes, implementations=implementations, rounds=2, block_seconds=0.0005)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return quick([TWO_LAYER, THREE_LAYER, BINARY], dtypes=("float64", "float32"))
+
+
+class MissingOneOverN(NumpyStep):
+    """The classic bug: dscores = probs - onehot, without dividing by the batch size."""
+
+    def step(self):
+        loss = super().step()
+        n = self.X.shape[0]
+        for p, g in zip(self.params, self.grads):
+            p -= self.lr * (n - 1) * g  # finish the update as if the gradient were n times larger
+        self.grads = [n * g for g in self.grads]
+        return loss
+
+
+class AscendingUpdate(NumpyStep):
+    """Right gradients, wrong sign in the update: W += lr * dW."""
+
+    def step(self):
+        loss = super().step()
+        for p, g in zip(self.params, self.grads):
+            p += 2 * self.lr * g
+        return loss
+
+
+class LeaksACycle(NumpyStep):
+    """Leaves one reference cycle behind per step."""
+
+    def step(self):
+        node: dict = {}
+        node["self"] = node
+        return super().step()
+
+
+def test_every_workload_dtype_and_implementation_has_a_result(report):
+    implementations = [impl.name for impl in bench.resolve(None)[0]]
+    found = {(r.workload, r.dtype, r.implementation) for r in report.results}
+    expected = {(w, d, i) for w in ("two", "three", "binary") for d in ("float64", "float32")
+                for i in implementations}
+    assert found == expected
+
+
+def test_every_training_step_agrees_with_the_numpy_reference_before_timing(report):
+    compared = [r for r in report.results if r.implementation not in ("numpy", "floor")]
+    assert compared and all(r.agrees for r in compared), [r.check for r in compared if not r.agrees]
+    assert report.ok
+
+
+def test_tensor_implementations_are_compared_on_loss_gradients_and_updated_weights(report):
+    checks = {r.check for r in report.results if r.implementation in ("microtensor", "microtensor-nn")}
+    assert checks == {"agrees on loss, gradients, weights"}
+
+
+@pytest.mark.skipif(not bench.resolve(["sklearn"])[0][1:], reason="scikit-learn is not installed")
+def test_sklearn_with_two_classes_is_compared_on_the_loss_only(report):
+    checks = {r.workload: r.check for r in report.results if r.implementation == "sklearn"}
+    assert checks["binary"] == "agrees on loss"
+    assert checks["two"] == "agrees on loss, weights"
+
+
+def test_every_timed_result_has_a_median_inside_its_range_and_a_ratio_to_the_reference(report):
+    for r in report.results:
+        assert r.steps_per_block >= 1
+        assert r.minimum <= r.median <= r.maximum
+        assert r.ratio_min <= r.ratio <= r.ratio_max
+    assert {r.ratio for r in report.results if r.implementation == "numpy"} == {1.0}
+
+
+def test_the_table_has_a_row_per_workload_and_a_column_per_implementation(report):
+    text = bench.render([report])
+    columns = len(bench.resolve(None)[0]) - 1  # the reference is the NumPy step (ms) column
+    for dtype in ("float64", "float32"):
+        title = f"### {dtype}, threads as found: step time / NumPy step time"
+        table = text.split(title)[1].strip().split("\n\n")[0].splitlines()
+        assert len(table) == 2 + 3
+        assert all(line.count("|") == columns + 3 for line in table)
+        assert table[2].startswith("| two 3-5-4, batch 7 | ")
+    assert "## Machine" in text and "| cpu |" in text
+
+
+def test_a_gradient_missing_one_over_n_is_caught_and_left_out_of_the_timing():
+    wrong = Implementation("missing-1/N", "missing 1/N", MissingOneOverN)
+    result = quick([TWO_LAYER], [wrong]).results[-1]
+    assert result.agrees is False
+    assert result.check.startswith("DISAGREES: gradient of W1: relative error")
+    assert result.median is None
+
+
+def test_a_wrong_sign_in_the_update_is_caught_by_the_weights_after_the_first_step():
+    wrong = Implementation("ascending", "ascending", AscendingUpdate)
+    result = quick([TWO_LAYER], [wrong]).results[-1]
+    assert result.check.startswith("DISAGREES: updated weight of W1")
+
+
+def test_a_disagreement_makes_the_report_not_ok_and_shows_wrong_in_the_table():
+    report = quick([TWO_LAYER], [Implementation("missing-1/N", "missing 1/N", MissingOneOverN)])
+    assert not report.ok
+    assert "| wrong |" in bench.render([report])
+
+
+def test_an_implementation_whose_library_is_missing_is_skipped_with_the_reason():
+    absent = Implementation("absent", "absent", NumpyStep, requires="no_such_module_for_bench")
+    report = quick([TWO_LAYER], [absent])
+    assert "no_such_module_for_bench is not importable" in report.skipped["absent"]
+    assert {r.implementation for r in report.results} == {"numpy"}
+
+
+def test_the_reference_gradients_match_central_differences():
+    problem = make_problem(THREE_LAYER)
+    reference = NumpyStep(problem)
+    reference.step()
+
+    def loss_at(weights):
+        return float(NumpyStep(dataclasses.replace(problem, weights=weights)).step())
+
+    for k, (w, g) in enumerate(zip(problem.weights, reference.gradients())):
+        numeric = np.zeros_like(w)
+        for idx in np.ndindex(w.shape):
+            shifted = [v.copy() for v in problem.weights]
+            shifted[k][idx] += 1e-6
+            plus = loss_at(shifted)
+            shifted[k][idx] -= 2e-6
+            numeric[idx] = (plus - loss_at(shifted)) / 2e-6
+        np.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_the_matmul_floor_makes_each_matmul_of_a_step_once():
+    problem = make_problem(THREE_LAYER)
+    products = [(a @ b).shape for a, b in bench.matmul_operands(problem)]
+    n, sizes = THREE_LAYER.batch, THREE_LAYER.sizes
+    forward = [(n, s) for s in sizes[1:]]
+    weight_grads = list(zip(sizes[:-1], sizes[1:]))
+    input_grads = [(n, s) for s in sizes[1:-1]]
+    assert products == forward + weight_grads + input_grads
+
+
+def test_a_report_survives_a_json_round_trip(report):
+    assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+
+def synthetic_report(ratios: dict[str, float], floor_ratio: float) -> Report:
+    results = [Result(w, "float64", bench.TARGET, "agrees", True, 1, 1e-3, 1e-3, 1e-3, r, r, r,
+                      floor_ratio if w == "W4" else None) for w, r in ratios.items()]
+    names = list(ratios)
+    return Report({}, {"requested": 1, "method": "test", "torch": None}, {}, names,
+                  dict(zip(names, names)), results)
+
+
+def test_targets_are_marked_met_or_not_met_from_the_measured_ratios():
+    report = synthetic_report({"W1": 1.4, "W2": 1.2, "W3": 1.05, "W4": 0.9}, floor_ratio=1.2)
+    verdicts = {target: verdict for target, _, verdict, _ in bench.speed_targets(report, "float64")}
+    assert verdicts == {
+        "W1 <= 1.5x NumPy": "met", "W2 <= 1.05x NumPy": "**not met**", "W3 <= 1.05x NumPy": "met",
+        "W4 <= 0.95x NumPy": "met", "W4 <= 1.1x matmul floor": "**not met**",
+    }
+
+
+def test_memory_targets_compare_peak_rss_and_growth_with_their_limits():
+    memory = {
+        "peak": {"numpy": {"setup_kib": 50, "peak_kib": 100},
+                 bench.TARGET: {"setup_kib": 50, "peak_kib": 130}},
+        "growth": {"implementation": bench.TARGET, "steps": 100, "traced_growth_bytes": 500,
+                   "rss_growth_kib": 0, "cyclic_objects_per_step": 0.0},
+    }
+    verdicts = [verdict for _, _, verdict, _ in bench.memory_targets(memory)]
+    assert verdicts == ["**not met**", "met", "met"]
+
+
+def test_peak_rss_is_measured_in_a_fresh_process():
+    peak = bench.peak_rss_in_fresh_process("numpy", TWO_LAYER, "float64", steps=2)
+    assert peak["implementation"] == "numpy"
+    assert 0 < peak["setup_kib"] <= peak["peak_kib"]
+
+
+def test_memory_growth_counts_objects_left_in_reference_cycles():
+    growth = bench.memory_growth(Implementation("leaky", "leaky", LeaksACycle), TWO_LAYER, steps=20)
+    assert growth["cyclic_objects_per_step"] >= 1
+    assert bench.memory_growth("numpy", TWO_LAYER, steps=20)["cyclic_objects_per_step"] == 0
+
+
+def test_the_tape_of_a_three_layer_loss_is_timed():
+    tools = bench.time_tools(repeats=1)
+    assert tools["tape"] > 0
+    assert ("gradcheck" in tools) == hasattr(mt, "gradcheck")
+
+
+def test_a_tool_that_raises_is_reported_as_failed_not_timed(monkeypatch):
+    def broken(*args, **kwargs):
+        raise TypeError("no len()")
+
+    monkeypatch.setattr(mt, "gradcheck", broken, raising=False)
+    tools = bench.time_tools(repeats=1)
+    assert tools["gradcheck"] == "failed: TypeError: no len()"
+    assert [verdict for target, _, verdict, _ in bench.tool_targets(tools) if "gradcheck" in target] == [
+        "**not met**"]
+
+
+def test_main_prints_the_table_and_returns_zero_when_all_agree(capsys):
+    code = bench.main(["--workloads", "W1", "--implementations", "microtensor"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| W1 2-32-2, batch 64 | " in out
+    assert "## Threads as found" in out
+
+
+def load_runner():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    return runner
+
+
+def test_the_runner_rewrites_only_what_follows_the_hand_written_introduction(tmp_path):
+    runner, out = load_runner(), tmp_path / "performance.md"
+    runner.write("first table\n", out)
+    out.write_text(out.read_text().replace("# Performance", "# Performance, edited by hand"))
+    runner.write("second table\n", out)
+    text = out.read_text()
+    assert text.startswith("# Performance, edited by hand\n")
+    assert text.endswith(runner.GENERATED + "\n\nsecond table\n")
+    assert "first table" not in text

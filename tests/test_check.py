@@ -1,0 +1,455 @@
+"""microtensor.check: finite differences, gradcheck and its backward contract, compare_grads,
+check_manual, the report, and the diagnosis's honesty."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import microtensor as mt
+import microtensor.check as check
+from microtensor import Tensor
+from microtensor.diagnosis import Evidence, diagnose
+
+SLOW_SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def leaf(rng, *shape, name=None):
+    return Tensor(rng.standard_normal(shape), requires_grad=True, name=name)
+
+
+# -- numerical_grad --------------------------------------------------------------------------------
+def test_numerical_grad_matches_the_derivative_of_a_numpy_function(rng):
+    x = rng.standard_normal((3, 4))
+    (g,) = mt.numerical_grad(lambda x: np.sum(np.sin(x) * x), [x])
+    np.testing.assert_allclose(g, np.cos(x) * x + np.sin(x), rtol=1e-8, atol=1e-9)
+
+
+def test_numerical_grad_calls_f_with_tensors_for_tensor_inputs(rng):
+    W = leaf(rng, 3, 2)
+    x = rng.standard_normal((4, 3))
+    upstream = rng.standard_normal((4, 2))
+    gx, gW = mt.numerical_grad(lambda x, W: ((x @ W).tanh() * upstream).sum(), [x, W])
+    dz = upstream * (1 - np.tanh(x @ W.data) ** 2)
+    np.testing.assert_allclose(gW, x.T @ dz, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gx, dz @ W.data.T, rtol=1e-7, atol=1e-9)
+
+
+def test_numerical_grad_is_computed_in_float64_even_for_float32_inputs(rng):
+    x = rng.standard_normal(5).astype(np.float32)
+    (g,) = mt.numerical_grad(lambda x: (x ** 3).sum(), [x])
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, 3 * x.astype(np.float64) ** 2, rtol=1e-8)
+
+
+def test_numerical_grad_never_mutates_its_inputs_even_when_f_does(rng):
+    x = rng.standard_normal(4)
+    before = x.copy()
+
+    def mutating(a):
+        total = np.sum(a ** 2)
+        a += 1.0
+        return total
+
+    mt.numerical_grad(mutating, [x])
+    np.testing.assert_array_equal(x, before)
+
+
+def test_numerical_grad_gives_none_for_integer_inputs(rng):
+    x = rng.standard_normal(3)
+    labels = np.array([0, 2, 1])
+    gx, glabels = mt.numerical_grad(lambda x, i: x[i].sum() * 2, [x, labels])
+    assert glabels is None
+    np.testing.assert_allclose(gx, [2.0, 2.0, 2.0], rtol=1e-8)
+
+
+def test_numerical_grad_of_a_non_scalar_function_is_a_value_error_naming_the_shape(rng):
+    with pytest.raises(ValueError, match=r"numerical_grad: f must return a scalar.*\(3,\)"):
+        mt.numerical_grad(lambda x: x * 2, [rng.standard_normal(3)])
+
+
+# -- gradcheck: verdicts -----------------------------------------------------------------------------
+CORRECT_FUNCTIONS = {
+    "tanh of matmul": (lambda x, W: (x @ W).tanh(), [(3, 4), (4, 2)]),
+    "broadcast add then sigmoid": (lambda x, b: (x + b).sigmoid(), [(3, 4), (4,)]),
+    "log_softmax picked by labels": (lambda x: x.log_softmax(axis=1)[np.arange(3), np.array([0, 2, 1])],
+                                     [(3, 4)]),
+    "mean of a product": (lambda a, b: (a * b).mean(axis=0), [(3, 4), (3, 4)]),
+    "division and exp": (lambda a, b: (a / (b * b + 1)).exp(), [(2, 3), (2, 3)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_FUNCTIONS))
+def test_gradcheck_passes_the_engines_own_ops(name, rng):
+    f, shapes = CORRECT_FUNCTIONS[name]
+    report = mt.gradcheck(f, [leaf(rng, *s) for s in shapes])
+    assert report, str(report)
+
+
+def _wrong_sigmoid():
+    # The classic mistake: the derivative taken from the input, not from the output.
+    return mt.Op("sigmoid", lambda x: 1 / (1 + np.exp(-x)), lambda g, out, x: g * x * (1 - x))
+
+
+def test_gradcheck_fails_a_wrong_derivative(rng):
+    report = mt.gradcheck(_wrong_sigmoid(), [leaf(rng, 3, 4, name="z")])
+    assert not report and report.first_wrong == "z"
+
+
+def test_gradcheck_with_a_tiny_eps_still_fails_a_wrong_derivative(rng):
+    report = mt.gradcheck(_wrong_sigmoid(), [leaf(rng, 3, 4)], eps=1e-10)
+    assert not report
+
+
+def test_gradcheck_names_the_op_whose_backward_rule_is_wrong(rng):
+    wrong = _wrong_sigmoid()
+    W = leaf(rng, 4, 2, name="W")
+    report = mt.gradcheck(lambda x, W: wrong(x @ W) * 3, [leaf(rng, 3, 4, name="x"), W])
+    assert "backward rule of sigmoid" in report["W"].diagnosis
+    assert "pre-activation" in report["W"].diagnosis
+
+
+def test_gradcheck_catches_an_error_of_one_part_in_a_thousand_above_rtol(rng):
+    slightly_off = mt.Op("scaled", lambda x: 2 * x, lambda g, out, x: 2.003 * g)
+    assert not mt.gradcheck(slightly_off, [leaf(rng, 4)])
+
+
+def test_gradcheck_compares_whole_jacobians_for_small_inputs(rng):
+    report = mt.gradcheck(lambda x, W: x @ W, [leaf(rng, 3, 4, name="x"), leaf(rng, 4, 2, name="W")])
+    assert report.title == "gradcheck (full)"
+    assert report["x"].shape == (3, 2, 3, 4)  # output shape + input shape
+
+
+def test_gradcheck_uses_random_projections_for_large_inputs(rng):
+    big = leaf(rng, 40, 40, name="big")
+    report = mt.gradcheck(lambda a: (a @ a).sigmoid(), [big])
+    assert report.title == "gradcheck (projection)" and report
+
+
+def test_gradcheck_projection_mode_fails_a_wrong_derivative(rng):
+    assert not mt.gradcheck(_wrong_sigmoid(), [leaf(rng, 3, 4)], mode="projection")
+
+
+def test_gradcheck_warns_when_an_input_is_not_float64(rng):
+    x = Tensor(rng.standard_normal(3).astype(np.float32), requires_grad=True, name="x")
+    with pytest.warns(UserWarning, match="gradcheck: input 'x' is float32, not float64"):
+        mt.gradcheck(lambda x: x * 2, [x])
+
+
+def test_gradcheck_does_not_warn_for_float64_inputs(rng):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mt.gradcheck(lambda x: x * 2, [leaf(rng, 3)])
+
+
+def test_gradcheck_leaves_the_callers_tensors_untouched(rng):
+    x = leaf(rng, 3, 2)
+    before = x.data.copy()
+    mt.gradcheck(lambda x: (x * x).sum(), [x])
+    np.testing.assert_array_equal(x.data, before)
+    assert x.grad is None
+
+
+def test_gradcheck_checks_floating_arrays_and_passes_labels_through(rng):
+    report = mt.gradcheck(lambda x, y: x.log_softmax(axis=1)[np.arange(3), y].sum(),
+                          [rng.standard_normal((3, 4)), np.array([1, 0, 3])])
+    assert [row.name for row in report.rows] == ["input 0"] and report
+
+
+def test_gradcheck_without_a_differentiable_input_is_a_value_error():
+    with pytest.raises(ValueError, match="gradcheck: no input to check"):
+        mt.gradcheck(lambda y: Tensor(y) * 2, [np.array([1, 2])])
+
+
+def test_gradcheck_with_an_unknown_mode_is_a_value_error(rng):
+    with pytest.raises(ValueError, match="mode must be"):
+        mt.gradcheck(lambda x: x * 2, [leaf(rng, 2)], mode="fast")
+
+
+# -- gradcheck: the backward contract, each rule caught when broken ---------------------------------
+def _contract(report, name):
+    return next(c for c in report.checks if c.name == name)
+
+
+def test_the_contract_holds_for_the_engines_ops(rng):
+    report = mt.gradcheck(lambda a, b: (a @ b).relu() + b.sum(), [leaf(rng, 3, 4), leaf(rng, 4, 2)])
+    assert len(report.checks) == 7 and all(c.ok for c in report.checks)
+
+
+def test_a_backward_that_ignores_the_upstream_gradient_breaks_zero_in_zero_out(rng):
+    ignores_g = mt.Op("ignores_g", lambda x: 2 * x, lambda g, out, x: 2 + 0 * g)
+    report = mt.gradcheck(ignores_g, [leaf(rng, 3, name="x")])
+    assert not _contract(report, "a zero upstream gradient gives zero gradients").ok
+    assert not report
+
+
+def test_a_backward_that_is_not_linear_in_the_upstream_gradient_is_caught(rng):
+    squares_g = mt.Op("squares_g", lambda x: 2 * x, lambda g, out, x: g * g)
+    report = mt.gradcheck(squares_g, [leaf(rng, 3, name="x")])
+    assert not _contract(report, "gradients are linear in the upstream gradient").ok
+
+
+def test_a_backward_that_differs_between_runs_is_caught(rng):
+    noise = np.random.default_rng(1)
+    flaky = mt.Op("flaky", lambda x: 2 * x, lambda g, out, x: 2 * g + 1e-12 * noise.standard_normal(g.shape))
+    report = mt.gradcheck(flaky, [leaf(rng, 3, name="x")])
+    assert not _contract(report, "two backward runs agree").ok
+
+
+def test_a_function_that_mutates_its_inputs_array_behind_the_engines_back_is_caught(rng):
+    def mutating(x):
+        out = x * 2
+        x.data[...] += 1.0  # writes into the array: the engine's in-place detection does not see it
+        return out
+
+    report = mt.gradcheck(mutating, [leaf(rng, 3, name="x")])
+    assert _contract(report, "inputs are not mutated").detail == "fails for x"
+
+
+def test_a_backward_that_mutates_the_upstream_gradient_is_caught(rng):
+    def scale_in_place(g, out, x):
+        g *= 2
+        return g
+
+    report = mt.gradcheck(mt.Op("in_place", lambda x: 2 * x, scale_in_place), [leaf(rng, 3)])
+    assert not _contract(report, "the upstream gradient is not mutated").ok
+
+
+def test_gradients_that_share_memory_are_caught(rng, monkeypatch):
+    engine_grad = check.grad
+
+    def aliasing_grad(*args, **kwargs):
+        first, *rest = engine_grad(*args, **kwargs)
+        return (first, *(first for _ in rest))
+
+    monkeypatch.setattr(check, "grad", aliasing_grad)
+    report = mt.gradcheck(lambda a, b: a * b, [leaf(rng, 3, name="a"), leaf(rng, 3, name="b")])
+    assert not _contract(report, "gradients alias nothing (each other, the inputs, the upstream)").ok
+
+
+def test_gradients_of_the_wrong_dtype_are_caught(rng, monkeypatch):
+    engine_grad = check.grad
+    half = lambda *args, **kwargs: tuple(g.astype(np.float16) for g in engine_grad(*args, **kwargs))
+    monkeypatch.setattr(check, "grad", half)
+    report = mt.gradcheck(lambda a: a * 3, [leaf(rng, 3, name="a")])
+    assert _contract(report, "gradients have the inputs' shapes and dtypes").detail == "fails for a"
+
+
+# -- compare_grads and the report -------------------------------------------------------------------
+def test_compare_grads_of_equal_mappings_is_truthy_with_no_first_wrong(rng):
+    grads = {"W": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)}
+    report = mt.compare_grads(grads, {k: v.copy() for k, v in grads.items()})
+    assert report and report.ok and report.first_wrong is None
+    assert [row.verdict for row in report.rows] == ["ok", "ok"]
+
+
+def test_compare_grads_first_wrong_is_the_first_mismatch_in_the_expected_order(rng):
+    expected = {"W2": np.ones(2), "W1": np.ones(2), "b1": np.ones(2)}
+    report = mt.compare_grads(expected, {"W2": np.ones(2), "W1": np.zeros(2), "b1": -np.ones(2)})
+    assert not report and report.first_wrong == "W1"
+    assert [row.verdict for row in report.rows] == ["ok", "WRONG", "mismatch"]
+
+
+def test_compare_grads_reports_missing_and_unexpected_names(rng):
+    report = mt.compare_grads({"W": np.ones(2), "b": np.ones(2)}, {"W": np.ones(2), "c": np.ones(2)})
+    assert report["b"].diagnosis == "no gradient was given for it"
+    assert report["c"].diagnosis == "has no expected gradient to compare"
+    assert not report
+
+
+def test_a_row_reports_its_errors_worst_index_and_fraction_out_of_tolerance():
+    expected = np.array([[1.0, 2.0], [4.0, -8.0]])
+    actual = expected + np.array([[0.0, 0.0], [0.5, 0.0]])
+    row = mt.compare_grads({"W": expected}, {"W": actual})["W"]
+    assert (row.max_abs_err, row.max_rel_err, row.worst_index, row.frac_bad) == (0.5, 0.0625, (1, 0), 0.25)
+    assert row.shape == (2, 2) and not row.ok
+
+
+def test_tolerance_is_atol_plus_rtol_times_the_expected_magnitude():
+    expected = np.array([1000.0, 1e-3])
+    assert mt.compare_grads({"a": expected}, {"a": expected + [9e-3, 0.0]}, atol=1e-8, rtol=1e-5)
+    assert not mt.compare_grads({"a": expected}, {"a": expected + [0.0, 1e-7]}, atol=1e-8, rtol=1e-5)
+
+
+def test_compare_grads_with_params_recognises_a_missing_l2_term(rng):
+    W = rng.standard_normal((4, 3))
+    data_grad = rng.standard_normal((4, 3))
+    report = mt.compare_grads({"W": data_grad + 0.01 * W}, {"W": data_grad}, params={"W": W})
+    assert report["W"].diagnosis.startswith("misses the L2 term 0.01 * W")
+
+
+def test_compare_grads_with_a_batch_size_names_the_factor_n(rng):
+    g = rng.standard_normal((4, 3))
+    report = mt.compare_grads({"W": g}, {"W": 16 * g}, batch_size=16)
+    assert "N = 16 times the expected gradient, N the batch size" in report["W"].diagnosis
+
+
+def test_without_a_batch_size_an_integer_factor_is_still_named(rng):
+    g = rng.standard_normal((4, 3))
+    assert "16 times the expected gradient: a missing division by 16" in mt.compare_grads(
+        {"W": g}, {"W": 16 * g})["W"].diagnosis
+
+
+def test_str_of_a_report_is_a_table_with_one_line_per_row_and_the_diagnoses():
+    expected = {"W": np.ones((2, 3)), "b": np.ones(3)}
+    report = mt.compare_grads(expected, {"W": np.ones((3, 2)), "b": np.ones(3)})
+    lines = str(report).splitlines()
+    assert lines[0].startswith("compare_grads: 1 of 2 gradients do not match; first wrong: W")
+    assert lines[2].split() == ["name", "shape", "max", "abs", "err", "max", "rel", "err", "worst", "at",
+                                "out", "of", "tol", "verdict"]
+    assert lines[3].split()[0] == "W" and lines[3].split()[-1] == "WRONG"
+    assert lines[4].split()[0] == "b" and lines[4].split()[-1] == "ok"
+    assert lines[6].startswith("W: has shape (3, 2) but the tensor has shape (2, 3)")
+
+
+def test_str_of_a_gradcheck_report_lists_the_contract(rng):
+    text = str(mt.gradcheck(lambda x: x * 2, [leaf(rng, 2)]))
+    assert "backward contract:" in text and "ok    two backward runs agree" in text
+
+
+def test_asking_a_report_for_an_unknown_row_names_the_rows():
+    with pytest.raises(KeyError, match=r"no row named 'c'; rows: \['a'\]"):
+        mt.compare_grads({"a": np.ones(1)}, {"a": np.ones(1)})["c"]
+
+
+# -- check_manual ------------------------------------------------------------------------------------
+def small_net(rng):
+    X = rng.standard_normal((6, 4))
+    W1, b1 = leaf(rng, 4, 5, name="W1"), leaf(rng, 5, name="b1")
+    W2 = leaf(rng, 5, 3, name="W2")
+    z = (X @ W1 + b1).named("z")
+    h = z.tanh().named("h")
+    out = (h @ W2).named("out")
+    return X, W1, b1, W2, z, h, out
+
+
+def manual_small_net(X, W1, b1, W2, z, h, upstream):
+    dh = upstream @ W2.data.T
+    dz = dh * (1 - h.data ** 2)
+    return {"out": upstream, "W2": h.data.T @ upstream, "h": dh, "z": dz, "W1": X.T @ dz, "b1": dz.sum(0)}
+
+
+def test_check_manual_is_truthy_when_every_named_gradient_matches_a_non_uniform_upstream(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    upstream = rng.standard_normal(out.shape)
+    report = mt.check_manual(out, manual_small_net(X, W1, b1, W2, z, h, upstream), gradient=upstream)
+    assert report and report.first_wrong is None
+
+
+def test_check_manual_rows_are_in_backward_order_output_first(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    upstream = rng.standard_normal(out.shape)
+    manual = manual_small_net(X, W1, b1, W2, z, h, upstream)
+    report = mt.check_manual(out, dict(reversed(list(manual.items()))), gradient=upstream)
+    assert [row.name for row in report.rows] == ["out", "W2", "h", "z", "b1", "W1"]
+
+
+def test_first_wrong_is_the_wrong_step_not_the_steps_that_inherit_its_error(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    upstream = rng.standard_normal(out.shape)
+    manual = manual_small_net(X, W1, b1, W2, z, h, upstream)
+    manual["z"] = manual["h"] * (1 - z.data ** 2)  # the tanh derivative from the pre-activation
+    manual["W1"], manual["b1"] = X.T @ manual["z"], manual["z"].sum(0)
+    report = mt.check_manual(out, manual, gradient=upstream)
+    assert report.first_wrong == "z"
+    assert "tanh derivative on the pre-activation" in report["z"].diagnosis
+    assert report["W1"].diagnosis.startswith("may follow from the wrong gradient of 'z' (fix that first)")
+
+
+def test_a_row_with_the_same_mistake_as_the_wrong_step_says_it_carries_it_along(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    upstream = rng.standard_normal(out.shape)
+    manual = manual_small_net(X, W1, b1, W2, z, h, 2 * upstream)  # every step twice too large
+    report = mt.check_manual(out, manual, gradient=upstream)
+    assert report.first_wrong == "out" and report["out"].diagnosis.startswith("is twice")
+    assert report["W1"].diagnosis == "carries the mistake of 'out' along (fix that first)"
+
+
+def test_check_manual_touches_no_grad_and_keeps_the_graph(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    upstream = rng.standard_normal(out.shape)
+    mt.check_manual(out, manual_small_net(X, W1, b1, W2, z, h, upstream), gradient=upstream)
+    assert W1.grad is None and b1.grad is None and W2.grad is None
+    out.backward(upstream)
+    assert W1.grad is not None
+
+
+def test_check_manual_with_an_unknown_name_lists_the_named_tensors(rng):
+    X, W1, b1, W2, z, h, out = small_net(rng)
+    with pytest.raises(ValueError, match=r"no tensor named 'dz'.*\['W1', 'W2', 'b1', 'h', 'out', 'z'\]"):
+        mt.check_manual(out.sum(), {"dz": np.ones((6, 5))})
+
+
+def test_check_manual_with_a_name_used_twice_is_a_value_error(rng):
+    a = leaf(rng, 3, name="a")
+    b = (a * 2).named("a")
+    with pytest.raises(ValueError, match="2 tensors named 'a'"):
+        mt.check_manual(b.sum(), {"a": np.ones(3)})
+
+
+def test_check_manual_for_a_tensor_without_grad_is_a_value_error(rng):
+    X = Tensor(rng.standard_normal((2, 3)), name="X")
+    W = leaf(rng, 3, 2, name="W")
+    with pytest.raises(ValueError, match="'X' does not require grad"):
+        mt.check_manual((X @ W).sum(), {"X": np.ones((2, 3))})
+
+
+def test_a_gradient_that_is_not_an_array_of_numbers_is_a_type_error_naming_it(rng):
+    W = leaf(rng, 3, name="W")
+    with pytest.raises(TypeError, match="the gradient given for 'W' is a NoneType, not an array"):
+        mt.check_manual((W * W).sum(), {"W": None})
+
+
+def test_check_manual_names_n_from_the_mean_in_the_graph(rng):
+    W = leaf(rng, 3, 2, name="W")
+    X = rng.standard_normal((5, 3))
+    loss = ((X @ W) ** 2).mean()
+    correct = X.T @ (2 * (X @ W.data)) / 10
+    assert "N = 10 times" in mt.check_manual(loss, {"W": 10 * correct})["W"].diagnosis
+
+
+# -- the diagnosis is honest: no false explanations, no false alarms ---------------------------------
+@SLOW_SETTINGS
+@given(rows=st.integers(2, 6), cols=st.integers(2, 6), seed=st.integers(0, 2**31))
+def test_unrelated_noise_is_never_explained_by_a_hypothesis(rows, cols, seed):
+    rng = np.random.default_rng(seed)
+    expected, actual = rng.standard_normal((rows, cols)), rng.standard_normal((rows, cols))
+    assert diagnose(Evidence(expected, actual)).startswith("is off by up to")
+
+
+def test_a_factor_that_is_almost_but_not_exactly_constant_is_not_called_a_factor(rng):
+    expected = rng.standard_normal(20)
+    actual = 2 * expected * (1 + 1e-3 * rng.standard_normal(20))
+    assert "twice" not in diagnose(Evidence(expected, actual))
+
+
+def test_a_constant_factor_without_a_name_is_given_as_a_number(rng):
+    expected = rng.standard_normal(10)
+    assert diagnose(Evidence(expected, 3.7 * expected)).startswith("is 3.7 times the expected gradient")
+
+
+def test_a_gradient_that_should_be_zero_is_said_to_be(rng):
+    assert diagnose(Evidence(np.zeros(4), rng.standard_normal(4))).startswith("should be zero everywhere")
+
+
+def test_a_non_finite_expected_gradient_points_to_detect_anomaly():
+    assert "mt.detect_anomaly()" in diagnose(Evidence(np.array([1.0, np.inf]), np.array([1.0, 2.0])))
+
+
+@SLOW_SETTINGS
+@given(n=st.integers(1, 6), d=st.integers(1, 5), h=st.integers(1, 6), seed=st.integers(0, 2**31))
+def test_correct_hand_gradients_of_random_nets_always_pass_check_manual(n, d, h, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    W1, W2 = leaf(rng, d, h, name="W1"), leaf(rng, h, 2, name="W2")
+    z = (X @ W1).named("z")
+    out = (z.sigmoid() @ W2).named("out")
+    upstream = rng.standard_normal(out.shape)
+    s = 1 / (1 + np.exp(-z.data))
+    dz = (upstream @ W2.data.T) * s * (1 - s)
+    manual = {"out": upstream, "W2": s.T @ upstream, "z": dz, "W1": X.T @ dz}
+    assert mt.check_manual(out, manual, gradient=upstream)
