@@ -161,10 +161,12 @@ def test_output_shown_in_a_guide_is_what_its_code_prints(guides, name):
             pytest.fail(f"{output.where} shows\n{output.shown}\nbut prints\n{output.printed}", pytrace=False)
 
 
-def test_the_numpy_blobs_are_scikit_learns_make_blobs(guides):
+@pytest.mark.parametrize("n_samples, centers, n_features, random_state", [(2000, 3, 4, 0), (1001, 4, 3, 42)])
+def test_the_numpy_blobs_are_scikit_learns_make_blobs(guides, n_samples, centers, n_features, random_state):
     datasets = pytest.importorskip("sklearn.datasets")
-    X, y = guides("docs/from-numpy.md").namespace["blobs"]()
-    X_sk, y_sk = datasets.make_blobs(n_samples=2000, centers=3, n_features=4, random_state=0)
+    X, y = guides("docs/from-numpy.md").namespace["blobs"](n_samples, centers, n_features, random_state)
+    X_sk, y_sk = datasets.make_blobs(n_samples=n_samples, centers=centers, n_features=n_features,
+                                     random_state=random_state)
     assert np.array_equal(X, X_sk) and np.array_equal(y, y_sk)
 
 
