@@ -171,19 +171,28 @@ def test_the_numpy_blobs_are_scikit_learns_make_blobs(guides, n_samples, centers
 
 
 # -- links and pictures --------------------------------------------------------------------------
-LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
+FENCED = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.*)$", FENCED.sub("", page.read_text()), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
 
 @pytest.mark.parametrize("name", GUIDES)
 def test_every_relative_link_and_picture_in_a_guide_exists(name):
     page = ROOT / name
-    for target in LINK.findall(page.read_text()):
+    for target, anchor in LINK.findall(page.read_text()):
         if "://" in target:
             continue
-        path = (page.parent / target).resolve()
+        path = (page.parent / target).resolve() if target else page
         if path.name in PENDING_PAGES and not path.exists():
             continue
         assert path.exists(), f"{name} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(path), f"{name} links to {target}#{anchor}, a heading it does not have"
 
 
 # -- docs/api.md against the code ----------------------------------------------------------------
