@@ -59,6 +59,8 @@ class Shown:
 
 @dataclass
 class Run:
+    """A guide after its blocks ran: the names they defined, and the output it shows."""
+
     namespace: dict
     outputs: list[Shown] = field(default_factory=list)
 
