@@ -131,6 +131,25 @@ def _shapes(values: Iterable[Any]) -> str:
     return ", ".join(str(np.shape(v._data if isinstance(v, Tensor) else v)) for v in values)
 
 
+_SEQUENCES = (list, tuple)
+
+
+def _forward_error(op: Op, err: Exception, args: tuple) -> Exception:
+    """The error of a failed forward, worded once for every op: the op, why, the inputs."""
+    arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+    dtypes = ", ".join(str(a.dtype) if isinstance(a, np.ndarray) else type(a).__name__ for a in arrays)
+    try:
+        reason = op.explain and op.explain(*arrays) or str(err)
+        inputs = f"input shapes: {_shapes(args)}; dtypes: {dtypes}"
+    except ValueError:  # an input NumPy cannot even give a shape to, such as a ragged list
+        reason, inputs = str(err), f"dtypes: {dtypes}"
+    message = f"{op.name}: {reason} ({inputs})"
+    try:
+        return type(err)(message)
+    except TypeError:  # some of NumPy's exception classes cannot be made from a message alone
+        return next(kind for kind in (IndexError, ValueError, TypeError) if isinstance(err, kind))(message)
+
+
 class Op:
     """A differentiable operation: a forward on arrays, and one VJP per input.
 
@@ -144,30 +163,37 @@ class Op:
     ``(out, saved)``, and on the first-order path its VJPs get ``saved=`` as a keyword.
     Under ``create_graph`` they get no ``saved`` and recompute, so the value is differentiated.
 
+    ``explain``, when given, runs only after the forward failed: called with the same
+    arguments, it says in plain words why they do not fit (which axes of two shapes
+    disagree, say), or returns None to keep NumPy's message.
+
     >>> double = Op("double", lambda x: 2 * x, lambda g, out, x: 2 * g)
     >>> double(Tensor([1.0, 2.0])).data
     array([2., 4.])
     """
 
-    __slots__ = ("name", "forward", "vjps", "differentiable", "saves")
+    __slots__ = ("name", "forward", "vjps", "differentiable", "saves", "explain")
 
     def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any],
-                 saves: bool = False):
+                 saves: bool = False, explain: Callable[..., str | None] | None = None):
         self.name = name
         self.forward = forward
         self.vjps = vjps
         self.differentiable = bool(vjps)
         self.saves = saves
+        self.explain = explain
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:
-        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
         try:
+            # Lists become arrays here, once, so that VJPs can do arithmetic on them.
+            arrays = [a._data if isinstance(a, Tensor) else np.asarray(a) if type(a) in _SEQUENCES else a
+                      for a in args]
             out = self.forward(*arrays, **params)
         except (ValueError, TypeError, IndexError) as err:
-            raise type(err)(f"{self.name}: {err} (input shapes: {_shapes(args)})") from None
+            raise _forward_error(self, err, args) from None
         saved = None
         if self.saves:
             out, saved = out
@@ -272,6 +298,9 @@ def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
 
 
 def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
+    if output._data.dtype.kind != "f":
+        raise TypeError(f"backward: the output has dtype {output.dtype}, but gradients need a "
+                        f"floating-point output; a complex or object value entered the computation")
     if gradient is None:
         if output._data.size != 1:
             raise ValueError(
@@ -280,10 +309,13 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
         gradient = np.ones(output._data.shape, output._data.dtype)
-    elif isinstance(gradient, Tensor):
-        gradient = gradient if create_graph else gradient._data
+    elif isinstance(gradient, Tensor) and create_graph:
+        pass
     else:
-        gradient = np.asarray(gradient, dtype=output.dtype)
+        array = np.asarray(gradient._data if isinstance(gradient, Tensor) else gradient)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"backward: gradient must hold real numbers, got dtype {array.dtype}")
+        gradient = array.astype(output.dtype, copy=False)
     if gradient.shape != output.shape:
         raise ValueError(
             f"backward: gradient has shape {gradient.shape} but the output has shape "

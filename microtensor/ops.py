@@ -14,28 +14,70 @@ array([0.25 , 0.105])
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import numpy as np
 
 from microtensor.autograd import Op
 
+
+# -- why inputs do not fit: consulted only after a forward failed ---------------------------
+def _axis_mismatch(shapes: list[tuple[int, ...]]) -> str | None:
+    """The first axis, from the right, where ``shapes`` do not broadcast; None if they do."""
+    for axis in range(-1, -builtins.max(map(len, shapes), default=0) - 1, -1):
+        sizes = [shape[axis] for shape in shapes if len(shape) >= -axis]
+        if len(set(sizes) - {1}) > 1:
+            return f"axis {axis} has sizes {' and '.join(map(str, sizes))} (each must be equal or 1)"
+    return None
+
+
+def _broadcast_mismatch(*args: Any) -> str | None:
+    shapes = [np.shape(a) for a in args]
+    problem = _axis_mismatch(shapes)
+    return problem and f"shapes {' and '.join(map(str, shapes))} do not broadcast: {problem}"
+
+
+def _matmul_mismatch(a: Any, b: Any) -> str | None:
+    sa, sb = np.shape(a), np.shape(b)
+    if not sa or not sb:
+        return f"cannot multiply shapes {sa} and {sb}: both need at least one axis (use * to scale)"
+    inner, which = (sb[-2], "second-to-last axis") if len(sb) > 1 else (sb[0], "length")
+    if sa[-1] != inner:
+        return (f"cannot multiply shapes {sa} and {sb}: the first's last axis ({sa[-1]}) must equal "
+                f"the second's {which} ({inner})")
+    if _axis_mismatch([sa[:-2], sb[:-2]]):
+        return (f"cannot multiply shapes {sa} and {sb}: their batch shapes {sa[:-2]} and {sb[:-2]} "
+                f"do not broadcast")
+    return None
+
+
+def _linear_mismatch(x: Any, weight: Any, bias: Any) -> str | None:
+    problem = _matmul_mismatch(x, weight)
+    if problem:
+        return problem
+    sx, sw = np.shape(x), np.shape(weight)
+    product = np.broadcast_shapes(sx[:-2], sw[:-2]) + sx[-2:-1] + (sw[-1:] if len(sw) > 1 else ())
+    problem = _axis_mismatch([product, np.shape(bias)])
+    return problem and f"bias of shape {np.shape(bias)} does not fit x @ weight of shape {product}: {problem}"
+
+
 # -- arithmetic ----------------------------------------------------------------------------
 add = Op("add", np.add,
          lambda g, out, a, b: g,
-         lambda g, out, a, b: g)
+         lambda g, out, a, b: g, explain=_broadcast_mismatch)
 
 sub = Op("sub", np.subtract,
          lambda g, out, a, b: g,
-         lambda g, out, a, b: -g)
+         lambda g, out, a, b: -g, explain=_broadcast_mismatch)
 
 mul = Op("mul", np.multiply,
          lambda g, out, a, b: g * b,
-         lambda g, out, a, b: g * a)
+         lambda g, out, a, b: g * a, explain=_broadcast_mismatch)
 
 div = Op("div", np.true_divide,
          lambda g, out, a, b: g / b,
-         lambda g, out, a, b: -g * out / b)
+         lambda g, out, a, b: -g * out / b, explain=_broadcast_mismatch)
 
 neg = Op("neg", np.negative,
          lambda g, out, x: -g)
@@ -48,7 +90,7 @@ def _log_where_nonzero(a: Any) -> Any:
 
 pow = Op("pow", np.power,
          lambda g, out, a, b: g * b * a ** (b - 1),
-         lambda g, out, a, b: g * out * _log_where_nonzero(a))
+         lambda g, out, a, b: g * out * _log_where_nonzero(a), explain=_broadcast_mismatch)
 
 
 # -- matmul (NumPy semantics, including 1-D operands and batch broadcasting) ---------------
@@ -80,7 +122,7 @@ def _matmul_grad_b(g: Any, out: Any, a: Any, b: Any) -> Any:
     return _swap_last(a) @ g
 
 
-matmul = Op("matmul", np.matmul, _matmul_grad_a, _matmul_grad_b)
+matmul = Op("matmul", np.matmul, _matmul_grad_a, _matmul_grad_b, explain=_matmul_mismatch)
 
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
@@ -94,7 +136,7 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
 linear = Op("linear", _linear,
             lambda g, out, x, weight, bias: _matmul_grad_a(g, out, x, weight),
             lambda g, out, x, weight, bias: _matmul_grad_b(g, out, x, weight),
-            lambda g, out, x, weight, bias: g)
+            lambda g, out, x, weight, bias: g, explain=_linear_mismatch)
 
 
 # -- element-wise functions ------------------------------------------------------------------
@@ -154,10 +196,25 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     if logits.ndim != 2 or target.shape not in (logits.shape[:1], logits.shape):
         raise ValueError("logits must have shape (N, C) and target (N,) integer labels or "
                          "(N, C) class probabilities")
+    if not len(logits):
+        raise ValueError("the batch is empty: a mean loss over no examples is undefined")
     logp = _log_softmax(logits)
     if target.ndim == 1:
+        _check_labels(target, logits.shape[1])
         return -logp[np.arange(len(logits)), target].mean(), logp
-    return -(target * logp).sum() / len(logits), logp
+    # 0 * log(0) counts as 0, so a class the target rules out may have a logit of -inf.
+    weighted = np.multiply(target, logp, where=target != 0,
+                           out=np.zeros(logp.shape, np.result_type(target, logp)))
+    return -weighted.sum() / len(logits), logp
+
+
+def _check_labels(labels: np.ndarray, classes: int) -> None:
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        wrong = labels[(labels < 0) | (labels >= classes)]
+        raise IndexError(f"labels must be in [0, {classes}) for {classes} classes, got {wrong[0]} "
+                         f"({wrong.size} out of range)")
 
 
 def _cross_entropy_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any = None) -> Any:
@@ -185,7 +242,7 @@ softmax_cross_entropy = Op("softmax_cross_entropy", _cross_entropy, _cross_entro
 # -- reductions ------------------------------------------------------------------------------
 def _kept_shape(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
     """The shape a reduction over ``axis`` has with keepdims=True."""
-    if axis is None:
+    if axis is None or not shape:  # NumPy lets a 0-d array be reduced over axis 0
         return (1,) * len(shape)
     axes = {a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,))}
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
@@ -203,11 +260,18 @@ def _max_grad(g: Any, out: Any, x: Any, axis: Any = None, keepdims: bool = False
     return g.reshape(kept) * is_max / is_max.sum(axis=axis, keepdims=True)
 
 
+def _mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
+    if x.size:
+        return np.mean(x, axis=axis, keepdims=keepdims)
+    with np.errstate(invalid="ignore"):  # the mean of nothing is nan, as in PyTorch, without a warning
+        return np.true_divide(np.sum(x, axis=axis, keepdims=keepdims), 0)
+
+
 sum = Op("sum", lambda x, axis=None, keepdims=False: np.sum(x, axis=axis, keepdims=keepdims),
          lambda g, out, x, axis=None, keepdims=False: _spread(g, x, axis))
 
-mean = Op("mean", lambda x, axis=None, keepdims=False: np.mean(x, axis=axis, keepdims=keepdims),
-          lambda g, out, x, axis=None, keepdims=False: _spread(g, x, axis) * (out.size / x.size))
+mean = Op("mean", _mean,
+          lambda g, out, x, axis=None, keepdims=False: _spread(g, x, axis) * (out.size / (x.size or 1)))
 
 max = Op("max", lambda x, axis=None, keepdims=False: np.max(x, axis=axis, keepdims=keepdims),
          _max_grad)
@@ -251,9 +315,9 @@ scatter_add = Op("scatter_add", _scatter_add,
 
 
 # -- comparisons (never differentiable, never recorded) ------------------------------------
-greater = Op("greater", np.greater)
-less = Op("less", np.less)
-greater_equal = Op("greater_equal", np.greater_equal)
-less_equal = Op("less_equal", np.less_equal)
-equal = Op("equal", np.equal)
-not_equal = Op("not_equal", np.not_equal)
+greater = Op("greater", np.greater, explain=_broadcast_mismatch)
+less = Op("less", np.less, explain=_broadcast_mismatch)
+greater_equal = Op("greater_equal", np.greater_equal, explain=_broadcast_mismatch)
+less_equal = Op("less_equal", np.less_equal, explain=_broadcast_mismatch)
+equal = Op("equal", np.equal, explain=_broadcast_mismatch)
+not_equal = Op("not_equal", np.not_equal, explain=_broadcast_mismatch)

@@ -149,8 +149,16 @@ class Tensor:
         return self
 
     def astype(self, dtype: Any) -> Tensor:
-        """A differentiable cast to another floating dtype."""
-        return ops.astype(self, dtype=np.dtype(dtype))
+        """A differentiable cast to another floating dtype.
+
+        >>> Tensor([1.0], requires_grad=True).astype(np.float32).dtype
+        dtype('float32')
+        """
+        dtype = np.dtype(dtype)
+        if self.requires_grad:  # a cast to or from a non-floating dtype would lose the gradient
+            _check_differentiable_dtype(self.dtype, "Tensor.astype")
+            _check_differentiable_dtype(dtype, "Tensor.astype")
+        return ops.astype(self, dtype=dtype)
 
     # -- gradients --------------------------------------------------------------------
     def zero_grad(self) -> None:

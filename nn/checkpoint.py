@@ -128,7 +128,10 @@ def read_checkpoint(path: PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             state = {name: archive[name] for name in archive.files}
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+    # zipfile says NotImplementedError for a damaged compression method or version, and
+    # RuntimeError for a member flagged as encrypted: all are a damaged file to the user.
+    except (ValueError, EOFError, OSError, NotImplementedError, RuntimeError, zipfile.BadZipFile,
+            zlib.error) as err:
         raise _unreadable(path, err) from None
     for name, value in state.items():
         if not isinstance(value, np.ndarray):  # a member that is not .npy data

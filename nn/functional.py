@@ -21,18 +21,23 @@ def _array(x: Any) -> np.ndarray:
     return x.data if isinstance(x, mt.Tensor) else np.asarray(x)
 
 
+def _check_not_empty(x: Any, where: str, what: str) -> None:
+    if np.size(x) == 0:
+        raise ValueError(f"{where}: {what} of shape {np.shape(x)} are empty; a mean loss over no "
+                         f"examples is undefined (check how the batch was sliced)")
+
+
 def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> np.ndarray:
     """``y`` as int labels (N,) or rows of class probabilities (N, C), checked against (N, C)."""
+    _check_not_empty(inputs, where, what)
     target = _array(y)
     shape = inputs.shape
     if target.ndim == 1 and target.dtype.kind in "iu":
         if len(shape) != 2 or target.shape[0] != shape[0]:
             raise ValueError(f"{where}: labels of shape {target.shape} do not match {what} of "
                              f"shape {shape}; expected (N,) labels for (N, C) {what}")
-        if target.size and target.min() < 0:  # a negative label would silently index from the end
-            raise ValueError(f"{where}: labels must be in [0, {shape[1]}), got {target.min()}")
         return target
-    if target.shape != shape or target.dtype.kind not in "fiub":
+    if len(shape) != 2 or target.shape != shape or target.dtype.kind not in "fiub":
         raise ValueError(f"{where}: targets of shape {target.shape} and dtype {target.dtype} do not "
                          f"match {what} of shape {shape}; pass int labels (N,) or one-hot (N, C)")
     return target.astype(inputs.dtype, copy=False)
@@ -50,15 +55,21 @@ def nll_loss(logp: Any, y: Any) -> mt.Tensor:
     logp = logp if isinstance(logp, mt.Tensor) else mt.Tensor(logp)
     target = _target(y, logp, "nll_loss", "log-probs")
     if target.ndim == 1:
+        wrong = target[(target < 0) | (target >= logp.shape[1])]
+        if wrong.size:  # a negative label would silently index from the end
+            raise IndexError(f"nll_loss: labels must be in [0, {logp.shape[1]}), got {wrong[0]}")
         return -logp[np.arange(target.shape[0]), target].mean()
-    return -(logp * target).sum() / logp.shape[0]
+    # Only the classes the target weighs: 0 * log(0) counts as 0, not nan, for ruled-out classes.
+    weighed = np.nonzero(target)
+    return -(logp[weighed] * target[weighed]).sum() / logp.shape[0]
 
 
 def cross_entropy(logits: Any, y: Any) -> mt.Tensor:
     """Mean cross-entropy of ``logits`` (N, C) against int labels (N,) or one-hot (N, C).
 
     Equal to ``nll_loss(log_softmax(logits), y)`` and stable for large logits; recorded as
-    one fused op, whose backward is ``(softmax(logits) - one_hot(y)) / N``.
+    one fused op, whose backward is ``(softmax(logits) - one_hot(y)) / N``. Labels outside
+    ``[0, C)`` are an IndexError, raised by that op.
 
     >>> round(cross_entropy(np.zeros((3, 4)), np.array([0, 1, 2])).item(), 4)  # log(4)
     1.3863
@@ -76,6 +87,7 @@ def mse_loss(pred: Any, target: Any) -> mt.Tensor:
     if np.shape(_array(pred)) != np.shape(_array(target)):
         raise ValueError(f"mse_loss: pred has shape {np.shape(_array(pred))} but target has shape "
                          f"{np.shape(_array(target))}; they must match")
+    _check_not_empty(_array(pred), "mse_loss", "predictions")
     diff = mt.sub(pred, target)
     return (diff * diff).mean()
 

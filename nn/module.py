@@ -210,6 +210,9 @@ class Module:
             parameter.data = data  # marks the change for the tape, as an optimizer step does
 
     def _checked_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a mapping of parameter "
+                            f"names to arrays (as state_dict() returns), got a {type(state).__name__}")
         own = dict(self.named_parameters())
         problems = []
         missing = [name for name in own if name not in state]

@@ -14,6 +14,7 @@ array([ 0.8, -1.6])
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,8 @@ import microtensor as mt
 
 
 def _check_at_least(where: str, name: str, value: float, low: float = 0.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
     if not value >= low:  # also rejects nan
         raise ValueError(f"{where}: invalid {name} {value!r}; it must be >= {low}")
 
@@ -48,12 +51,18 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         where = type(self).__name__
+        if isinstance(params, mt.Tensor) or not isinstance(params, Iterable):
+            raise TypeError(f"{where}: params must be an iterable of Tensors such as model.parameters() "
+                            f"or [w, b], got a {type(params).__name__}")
         params = list(params)
         if not params:
             raise ValueError(f"{where}: got an empty parameter list; pass e.g. model.parameters()")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.defaults = defaults
         self.param_groups: list[dict[str, Any]] = [self._group(g, where) for g in groups]
+        every = [p for group in self.param_groups for p in group["params"]]
+        if len({id(p) for p in every}) != len(every):
+            raise ValueError(f"{where}: a parameter appears more than once, so a step would update it twice")
         self.state: dict[mt.Tensor, dict[str, Any]] = {}
 
     def _group(self, group: dict[str, Any], where: str) -> dict[str, Any]:
@@ -61,8 +70,12 @@ class Optimizer:
         self._check_settings(group)
         for p in group["params"]:
             if not isinstance(p, mt.Tensor) or not p.requires_grad:
+                got = "a Tensor with requires_grad=False" if isinstance(p, mt.Tensor) else type(p).__name__
                 raise TypeError(f"{where}: every parameter must be a Tensor with requires_grad=True, "
-                                f"got {type(p).__name__}")
+                                f"got {got}")
+            if not p.is_leaf:  # its .grad stays None, so a step would silently skip it
+                raise ValueError(f"{where}: cannot optimize a non-leaf tensor (the result of "
+                                 f"{mt.tape(p)[-1].op}); pass the tensors you created")
         return group
 
     def _check_settings(self, group: dict[str, Any]) -> None:
@@ -177,6 +190,8 @@ class Adam(Optimizer):
         super()._check_settings(group)
         _check_at_least("Adam", "eps", group["eps"])
         _check_at_least("Adam", "weight_decay", group["weight_decay"])
+        if len(group["betas"]) != 2:
+            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {group['betas']!r}")
         for beta in group["betas"]:
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"Adam: invalid beta {beta!r}; betas must be in [0, 1)")
