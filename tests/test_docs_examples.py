@@ -43,8 +43,6 @@ TIMING = re.compile(r"\b\d+\.\d+ ?s\b")
 # sits: both depend on the machine's floating-point library.
 ROUNDING = re.compile(r"\b\d\.\d+e-(?:09|1\d|[2-9]\d)\b")
 ROUNDING_AT = re.compile(r"(<rounding>\s+<rounding>\s+)\([\d, ]*\)")
-# Pages other branches are writing; a link to one is checked once the page exists.
-PENDING_PAGES = {"checking.md", "performance.md", "reliability.md"}
 
 
 # -- running a guide ---------------------------------------------------------------------------
@@ -190,8 +188,6 @@ def test_every_relative_link_and_picture_in_a_guide_exists(name):
         if "://" in target:
             continue
         path = (page.parent / target).resolve() if target else page
-        if path.name in PENDING_PAGES and not path.exists():
-            continue
         assert path.exists(), f"{name} links to {target}, which does not exist"
         if anchor:
             assert anchor in _anchors(path), f"{name} links to {target}#{anchor}, a heading it does not have"
