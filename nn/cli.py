@@ -274,8 +274,11 @@ def _graph(args: argparse.Namespace) -> int:
     loss = nn.functional.cross_entropy(model(X[:args.batch]), y[:args.batch])
     if args.grad:
         loss.backward()
-    path = mt.render_graph(loss, args.out, params=model.named_parameters(), show_grad=args.grad,
-                           collapse=args.collapse)
+    try:
+        path = mt.render_graph(loss, args.out, params=model.named_parameters(), show_grad=args.grad,
+                               collapse=args.collapse)
+    except RuntimeError as err:  # Graphviz's dot is missing, or failed: its message says what to do
+        raise CommandError(" ".join(str(err).split())) from None
     print(f"wrote {path}")
     return 0
 

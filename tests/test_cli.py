@@ -142,3 +142,10 @@ def test_bench_checks_and_times_a_workload_and_prints_the_table():
 
 def test_bench_with_an_unknown_workload_is_a_one_line_error():
     assert_one_line_error(run("bench", "--workloads", "W9"), "--workloads", "invalid choice")
+
+
+def test_graph_without_graphviz_says_how_to_install_it_in_one_line(tmp_path):
+    result = subprocess.run([COMMAND, "graph", "--out", tmp_path / "g.svg"], capture_output=True, text=True,
+                            env={"PATH": str(tmp_path)}, timeout=120)
+    assert_one_line_error(result, "needs Graphviz's `dot`", "apt install graphviz", ".dot file")
+    assert not (tmp_path / "g.svg").exists()
