@@ -75,9 +75,11 @@ def build_model(kind: str, sizes: Sequence[int], *, dropout: float = 0.0, seed: 
                        f"got {hidden}: {list(sizes[1:-1])}")
 
 
-def _model_sizes(args: argparse.Namespace, inputs: int, classes: int) -> list[int]:
-    default = {"two-layer": [64], "three-layer": [64, 32], "mlp": [128, 64]}[args.model]
-    return [inputs, *(args.hidden or default), classes]
+def _model_choice(args: argparse.Namespace, inputs: int, classes: int) -> tuple[str, list[int]]:
+    """The kind of model the options ask for, and its sizes (inputs, hidden..., classes)."""
+    kind = args.model or ("mlp" if args.hidden else "two-layer")  # `--hidden 128 64` alone: an MLP
+    default = {"two-layer": [64], "three-layer": [64, 32], "mlp": [128, 64]}[kind]
+    return kind, [inputs, *(args.hidden or default), classes]
 
 
 def _float64_copy(model: nn.Module, kind: str, sizes: Sequence[int]) -> nn.Module:
@@ -169,8 +171,8 @@ def _train(args: argparse.Namespace) -> int:
         raise CommandError(f"--save {args.save}: checkpoints are .npz files")
     train, val, test = load_dataset(args.dataset, args.data_dir, args.seed)
     classes = int(max(y.max() for _, y in (train, val, test))) + 1
-    sizes = _model_sizes(args, train[0].shape[1], classes)
-    model = build_model(args.model, sizes, dropout=args.dropout, seed=args.seed)
+    kind, sizes = _model_choice(args, train[0].shape[1], classes)
+    model = build_model(kind, sizes, dropout=args.dropout, seed=args.seed)
     settings = dict(lr=args.lr, weight_decay=args.weight_decay)
     opt = (nn.optim.Adam(model.parameters(), **settings) if args.optimizer == "adam" else
            nn.optim.SGD(model.parameters(), momentum=args.momentum, **settings))
@@ -205,8 +207,8 @@ and ReLU output) and "scores" (the logits), to find the first wrong step."""
 def _check(args: argparse.Namespace) -> int:
     (X_all, y_all), _, _ = load_dataset("digits", None, args.seed)
     X, y = X_all[:args.batch].astype(np.float64), y_all[:args.batch]
-    sizes = _model_sizes(args, X.shape[1], 10)
-    model = build_model(args.model, sizes, seed=args.seed, dtype=np.float64)
+    kind, sizes = _model_choice(args, X.shape[1], 10)
+    model = build_model(kind, sizes, seed=args.seed, dtype=np.float64)
     if args.manual is None:
         report = nn.manual.check(model, X, y, reg=args.reg)
     else:
@@ -269,8 +271,8 @@ def _check_users_backward(path: str, model: nn.Module, X: np.ndarray, y: np.ndar
 # -- graph ----------------------------------------------------------------------------------
 def _graph(args: argparse.Namespace) -> int:
     (X, y), _, _ = load_dataset("digits", None, args.seed)
-    sizes = _model_sizes(args, X.shape[1], 10)
-    model = build_model(args.model, sizes, seed=args.seed)
+    kind, sizes = _model_choice(args, X.shape[1], 10)
+    model = build_model(kind, sizes, seed=args.seed)
     loss = nn.functional.cross_entropy(model(X[:args.batch]), y[:args.batch])
     if args.grad:
         loss.backward()
@@ -289,9 +291,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # -- the parser -----------------------------------------------------------------------------
-def _model_options(parser: argparse.ArgumentParser, default: str = "two-layer") -> None:
-    parser.add_argument("--model", choices=["two-layer", "three-layer", "mlp"], default=default,
-                        help="two-layer (Linear-ReLU-Linear), three-layer or mlp (default: %(default)s)")
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=["two-layer", "three-layer", "mlp"],
+                        help="two-layer (Linear-ReLU-Linear), three-layer or mlp (default: two-layer, "
+                             "or mlp when --hidden is given)")
     parser.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
                         help="hidden sizes (two-layer: one, three-layer: two, mlp: any; "
                              "default 64 / 64 32 / 128 64)")

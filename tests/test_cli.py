@@ -68,11 +68,12 @@ def test_train_saves_a_checkpoint_and_a_json_history(tmp_path):
     nn.load(nn.ThreeLayerNet(64, 32, 16, 10), tmp_path / "m.npz")
 
 
-def test_train_an_mlp_with_dropout_on_blobs_writes_a_csv_history(tmp_path):
-    result = run("train", "--model", "mlp", "--hidden", "16", "16", "--dropout", "0.1",
+def test_train_with_hidden_sizes_alone_trains_an_mlp_and_writes_a_csv_history(tmp_path):
+    result = run("train", "--hidden", "16", "16", "--dropout", "0.1",
                  "--dataset", "blobs", "--epochs", "2", "--history", tmp_path / "h.csv")
     assert result.returncode == 0, result.stderr
     rows = (tmp_path / "h.csv").read_text().splitlines()
+    assert result.stdout.startswith("MLP(2, 16, 16, 2) on blobs")
     assert rows[0].startswith("epoch,loss,accuracy") and len(rows) == 3
 
 
