@@ -21,10 +21,8 @@ from microtensor.check import GradReport, check_manual, compare_grads, gradcheck
 from microtensor.graph import draw_graph, render_graph, to_dot
 from microtensor.ops import (
     add,
-    astype,
     div,
     exp,
-    getitem,
     linear,
     log,
     log_softmax,
@@ -51,7 +49,6 @@ __all__ = [
     "detect_anomaly", "AnomalyError",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log", "linear",
     "log_softmax", "softmax", "softmax_cross_entropy", "sum", "mean", "max", "reshape", "transpose",
-    "getitem", "astype",
     "numerical_grad", "gradcheck", "compare_grads", "check_manual", "GradReport",
     "to_dot", "draw_graph", "render_graph",
 ]

@@ -6,13 +6,24 @@ The tape calls the active detector after every forward and every VJP; outside
 
 from __future__ import annotations
 
+import sys
 from contextlib import ContextDecorator
 from typing import Any
 
 import numpy as np
 
-from microtensor.autograd import Node, Op, _anomaly, _shapes, _user_location
+from microtensor.autograd import Node, Op, _anomaly, _shapes
 from microtensor.tensor import Tensor
+
+_LIBRARY_PACKAGES = ("microtensor", "nn")
+
+
+def _user_location() -> str:
+    """``file:line`` of the innermost caller outside microtensor and nn: the user's code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_PACKAGES:
+        frame = frame.f_back
+    return "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 class AnomalyError(FloatingPointError):
@@ -43,22 +54,22 @@ class detect_anomaly(ContextDecorator):
     """
 
     def __enter__(self) -> detect_anomaly:
-        self._previous = _anomaly.detector
+        _anomaly.previous.append(_anomaly.detector)  # a stack: the manager can be nested or shared
         _anomaly.detector = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _anomaly.detector = self._previous
-
-    def _recreate_cm(self) -> detect_anomaly:
-        return type(self)()  # a fresh manager per decorated call, as no_grad does
+        _anomaly.detector = _anomaly.previous.pop()
 
     def check_forward(self, op: Op, result: Tensor, args: tuple) -> None:
+        """Called by the tape after every forward: remember where, stop at NaN or inf."""
+        where = _user_location()
+        if result._node is not None:
+            result._node.origin = where  # for an anomaly its backward may find later
         found = _non_finite(result)
         if found:
             raise AnomalyError(
-                f"{op.name} produced {found} in its forward, at {_user_location()} "
-                f"(input shapes: {_shapes(args)})"
+                f"{op.name} produced {found} in its forward, at {where} (input shapes: {_shapes(args)})"
             )
 
     def check_backward(self, node: Node, index: int, grad: Any) -> None:

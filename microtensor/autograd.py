@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ContextDecorator, nullcontext
@@ -21,8 +20,9 @@ import numpy as np
 
 
 class _GradMode(threading.local):
-    # A class attribute on a threading.local subclass is each thread's starting value.
-    enabled = True
+    def __init__(self) -> None:  # runs once in each thread that uses it
+        self.enabled = True
+        self.previous: list[bool] = []  # a stack, so one manager object can be nested or shared
 
 
 _grad_mode = _GradMode()
@@ -33,16 +33,11 @@ class _SetGradMode(ContextDecorator):
     _enabled: bool
 
     def __enter__(self) -> None:
-        self._previous = _grad_mode.enabled
+        _grad_mode.previous.append(_grad_mode.enabled)
         _grad_mode.enabled = self._enabled
 
     def __exit__(self, *exc: object) -> None:
-        _grad_mode.enabled = self._previous
-
-    def _recreate_cm(self) -> _SetGradMode:
-        # As a decorator, each call gets a fresh manager so nested or threaded calls
-        # never share the saved previous mode.
-        return type(self)()
+        _grad_mode.enabled = _grad_mode.previous.pop()
 
 
 class no_grad(_SetGradMode):
@@ -70,7 +65,9 @@ class enable_grad(_SetGradMode):
 
 
 class _Scopes(threading.local):
-    current: tuple[str, ...] = ()
+    def __init__(self) -> None:
+        self.current: tuple[str, ...] = ()
+        self.previous: list[tuple[str, ...]] = []
 
 
 _scopes = _Scopes()
@@ -88,18 +85,18 @@ class scope:
     ('layer',)
     """
 
-    __slots__ = ("name", "_previous")
+    __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __enter__(self) -> scope:
-        self._previous = _scopes.current
-        _scopes.current = self._previous + (self.name,)
+        _scopes.previous.append(_scopes.current)
+        _scopes.current = _scopes.current + (self.name,)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _scopes.current = self._previous
+        _scopes.current = _scopes.previous.pop()
 
 
 def is_grad_enabled() -> bool:
@@ -121,7 +118,7 @@ class Node:
         self.position = next(_tape_position)  # execution order; also a topological order
         self.freed = False
         self.scope = _scopes.current  # e.g. ("TwoLayerNet", "fc1"), for grouping in pictures
-        self.origin = None if _anomaly.detector is None else _user_location()
+        self.origin: str | None = None  # where the user's code ran it; set by detect_anomaly
 
     def first_order_params(self) -> dict:
         """The keywords of this node's first-order VJPs: its params, and what its op saved."""
@@ -140,9 +137,10 @@ def _forward_error(op: Op, err: Exception, args: tuple) -> Exception:
     arrays = [a._data if isinstance(a, Tensor) else a for a in args]
     dtypes = ", ".join(str(a.dtype) if isinstance(a, np.ndarray) else type(a).__name__ for a in arrays)
     try:
-        reason = op.explain and op.explain(*arrays) or str(err)
+        # explain words shape problems; other errors (a missing argument, a string) keep theirs.
+        reason = isinstance(err, ValueError) and op.explain and op.explain(*arrays) or str(err)
         inputs = f"input shapes: {_shapes(args)}; dtypes: {dtypes}"
-    except ValueError:  # an input NumPy cannot even give a shape to, such as a ragged list
+    except (ValueError, TypeError, IndexError):  # an input NumPy cannot give a shape to, say
         reason, inputs = str(err), f"dtypes: {dtypes}"
     message = f"{op.name}: {reason} ({inputs})"
     try:
@@ -252,21 +250,12 @@ class Op:
 
 class _Anomaly(threading.local):
     # Where ``detect_anomaly`` plugs in; None outside it, so the hot path pays one test.
-    detector: Any = None
+    def __init__(self) -> None:
+        self.detector: Any = None
+        self.previous: list[Any] = []
 
 
 _anomaly = _Anomaly()
-_LIBRARY_PACKAGES = ("microtensor", "nn")
-
-
-def _user_location() -> str:
-    """``file:line`` of the innermost caller outside microtensor and nn: the user's code."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_PACKAGES:
-        frame = frame.f_back
-    return "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
 def next_position() -> int:
     """A tape position later than every op recorded so far (marks in-place changes too)."""
     return next(_tape_position)
@@ -377,11 +366,15 @@ def run_backward(
                 "did you create it under no_grad(), or from tensors without requires_grad=True?"
             )
     grads: dict[int, Any] = {}
+    leaves: dict[int, Tensor] = {}
     for out, gradient in zip(outputs, gradients):
-        _accumulate(grads, id(out), _root_gradient(out, gradient, create_graph))
+        root = _root_gradient(out, gradient, create_graph)
+        if out._node is None:  # backward on a leaf: its gradient is the root gradient itself
+            leaves[id(out)] = out
+            root = root if create_graph else np.array(root)
+        _accumulate(grads, id(out), root)
     wanted = None if inputs is None else {id(t) for t in inputs}
     captured: dict[int, Any] = {}
-    leaves: dict[int, Tensor] = {}
     detector = _anomaly.detector
     # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
     # VJPs only record when handed Tensors, so grad mode matters only for create_graph.
@@ -398,8 +391,9 @@ def run_backward(
                     captured[id(t)] = g
             elif t._retains_grad:
                 t.grad = _add_into(t.grad, _as_gradient(g, t, create_graph), t)
-            if create_graph:
-                out, args, params = t, node.inputs, node.params
+            if create_graph:  # Tensors, and the constants as the forward saw them (lists as arrays)
+                args = [a if isinstance(a, Tensor) else array for a, array in zip(node.inputs, node.arrays)]
+                out, params = t, node.params
             else:
                 out, args, params = t._data, node.arrays, node.first_order_params()
             if t._modified_at > node.position:
@@ -416,9 +410,13 @@ def run_backward(
                     detector.check_backward(node, i, ga)
                 if ga.shape != a._data.shape:
                     ga = unbroadcast(ga, a._data.shape)
+                    if ga.shape != a._data.shape:
+                        raise ValueError(f"backward: the derivative of {node.op.name} gave input {i} a "
+                                         f"gradient of shape {ga.shape}, but the input has shape "
+                                         f"{a._data.shape}; the op's VJP is wrong")
                 if a._node is None:
                     leaves[id(a)] = a
-                    if not create_graph and (ga is g or ga.base is not None):
+                    if wanted is None and not create_graph and (ga is g or ga.base is not None):
                         ga = ga.copy()  # a leaf's .grad never shares memory with another array
                 _accumulate(grads, id(a), ga)
             if not retain_graph:

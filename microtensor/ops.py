@@ -127,7 +127,8 @@ matmul = Op("matmul", np.matmul, _matmul_grad_a, _matmul_grad_b, explain=_matmul
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
     out = np.matmul(x, weight)
-    if getattr(bias, "dtype", None) == out.dtype:
+    if (type(out) is np.ndarray and getattr(bias, "dtype", None) == out.dtype
+            and bias.shape == out.shape[out.ndim - bias.ndim:]):
         return np.add(out, bias, out=out)  # into the fresh product: one array, not two
     return out + bias
 
@@ -228,7 +229,9 @@ def _cross_entropy_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any =
     if target.ndim == 1:  # labels: the target distribution is their one-hot rows
         labels, target = target, np.zeros(logits.shape, dtype=logits.dtype)
         target[np.arange(len(labels)), labels] = 1
-    return (softmax.either(logits) - target) * (g / len(logits))
+    probabilities = softmax.either(logits) if saved is None else np.exp(saved)
+    # d(-sum(t * logp))/dlogits is softmax * sum(t) - t: rows need not sum to one.
+    return (probabilities * target.sum(axis=-1, keepdims=True) - target) * (g / len(logits))
 
 
 def _cross_entropy_target_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any = None) -> Any:

@@ -375,3 +375,18 @@ def test_a_parameter_given_twice_or_too_many_arguments_is_a_type_error_naming_th
         mt.sum(x, 0, axis=1)
     with pytest.raises(TypeError, match=r"^sum: .* got 4 positional arguments"):
         mt.sum(x, 0, False, 3)
+
+
+def test_softmax_cross_entropy_with_rows_that_do_not_sum_to_one(rng):
+    logits_val, target = rng.standard_normal((3, 4)), rng.random((3, 4)) * 2
+    logits = Tensor(logits_val, requires_grad=True)
+    mt.softmax_cross_entropy(logits, target).backward()
+    (expected,) = numeric_vjp(lambda x: _ref_cross_entropy(x, target), [logits_val], 1.0)
+    np.testing.assert_allclose(logits.grad, expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("shapes", [((3,), (3, 4), (1, 4)), ((3,), (3,), ()), ((2, 3), (3, 4), (2, 4))],
+                         ids=str)
+def test_linear_gives_what_x_at_w_plus_b_gives_for_any_bias_that_broadcasts(shapes, rng):
+    x, w, b = (rng.standard_normal(s) for s in shapes)
+    np.testing.assert_array_equal(mt.linear(x, w, b).data, x @ w + b)

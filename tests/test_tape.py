@@ -288,3 +288,53 @@ def test_tape_describes_index_arrays_by_shape_not_by_value():
     x = Tensor(np.ones((3, 4)), requires_grad=True)
     listing = mt.tape(x[np.arange(3), np.array([0, 2, 2])].sum())
     assert listing[0].params == "index=(array(3,), array(3,))"
+
+
+def test_backward_on_a_leaf_gives_it_the_root_gradient_as_in_pytorch():
+    w = Tensor(3.0, requires_grad=True)
+    w.backward()
+    assert w.grad == 1.0
+    v = Tensor([1.0, 2.0], requires_grad=True)
+    upstream = np.array([0.5, -1.0])
+    v.backward(upstream)
+    np.testing.assert_array_equal(v.grad, upstream)
+    assert not np.shares_memory(v.grad, upstream)
+
+
+def test_second_derivatives_work_with_list_constants():
+    x = Tensor([[1.0, -2.0]], requires_grad=True)
+    (g,) = mt.grad(((x @ [[1.0], [2.0]]) ** 2).sum(), x, create_graph=True)
+    (h,) = mt.grad(g.sum(), x)
+    np.testing.assert_allclose(g.data, 2 * (x.data @ [[1.0], [2.0]]) * [[1.0, 2.0]])
+    np.testing.assert_allclose(h, [[2 * 3.0, 2 * 6.0]])  # d/dx of sum(2 (x.w) w) is 2 w sum(w)
+
+
+def test_a_vjp_that_returns_the_wrong_shape_is_an_error_naming_the_op():
+    bad = mt.Op("bad", lambda a: a * 2, lambda g, out, a: g[:2])
+    x = Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    with pytest.raises(ValueError, match=r"derivative of bad gave input 0 a gradient of shape \(2,\)"):
+        bad(x).sum().backward()
+
+
+def test_one_grad_mode_manager_can_be_nested_and_reused():
+    off = mt.no_grad()
+    with off:
+        with off:
+            assert not mt.is_grad_enabled()
+        assert not mt.is_grad_enabled()
+    assert mt.is_grad_enabled()
+
+
+def test_one_anomaly_detector_can_be_nested_and_reused():
+    from microtensor.autograd import _anomaly
+    detector = mt.detect_anomaly()
+    with detector:
+        with detector:
+            pass
+    assert _anomaly.detector is None
+    assert Tensor([0.0]).log().item() == -np.inf  # detection is off again
+
+
+def test_an_op_called_with_a_missing_input_names_the_op():
+    with pytest.raises(TypeError, match=r"^matmul: "):
+        mt.matmul(Tensor(np.ones((2, 2))))
