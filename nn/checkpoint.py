@@ -51,7 +51,7 @@ def save(model: Module, path: PathLike) -> None:
             _write_npz(f, state)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -108,8 +108,11 @@ def load(model: Module, path: PathLike) -> Module:
     return model
 
 
-def read_checkpoint(path: PathLike) -> dict[str, np.ndarray]:
-    """Every array in the checkpoint at ``path``, fully read and integrity-checked.
+def read_checkpoint(path: PathLike, where: str = "nn.load") -> dict[str, np.ndarray]:
+    """Every array in the ``.npz`` archive at ``path``, fully read and integrity-checked.
+
+    Every way a file can be wrong (missing, truncated, corrupted, a pickle, object arrays)
+    is one clear error starting with ``where``; the MNIST reader uses it too.
 
     >>> import tempfile, nn
     >>> path = Path(tempfile.mkdtemp()) / "m.npz"
@@ -122,9 +125,9 @@ def read_checkpoint(path: PathLike) -> dict[str, np.ndarray]:
         with open(path, "rb") as f:
             head = f.read(len(ZIP_MAGIC))
     except FileNotFoundError:
-        raise FileNotFoundError(f"nn.load: no checkpoint file at {path}") from None
+        raise FileNotFoundError(f"{where}: no checkpoint file at {path}") from None
     if head != ZIP_MAGIC:
-        raise CheckpointError(f"nn.load: {path} {_what_it_is_instead(head)}")
+        raise CheckpointError(f"{where}: {path} {_what_it_is_instead(head)}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             state = {name: archive[name] for name in archive.files}
@@ -132,11 +135,18 @@ def read_checkpoint(path: PathLike) -> dict[str, np.ndarray]:
     # RuntimeError for a member flagged as encrypted: all are a damaged file to the user.
     except (ValueError, EOFError, OSError, NotImplementedError, RuntimeError, zipfile.BadZipFile,
             zlib.error) as err:
-        raise _unreadable(path, err) from None
+        raise _unreadable(path, err, where) from None
     for name, value in state.items():
         if not isinstance(value, np.ndarray):  # a member that is not .npy data
-            raise CheckpointError(f"nn.load: {path} member {name!r} is not a NumPy array")
+            raise CheckpointError(f"{where}: {path} member {name!r} is not a NumPy array")
     return state
+
+
+def _umask() -> int:
+    """The process's umask, which new files honour (os.umask can only be read by setting it)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _what_it_is_instead(head: bytes) -> str:
@@ -149,8 +159,8 @@ def _what_it_is_instead(head: bytes) -> str:
     return "is not an .npz checkpoint archive (it does not start like a zip file)"
 
 
-def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+def _unreadable(path: Path, err: BaseException, where: str) -> CheckpointError:
     if "pickle" in str(err):
-        return CheckpointError(f"nn.load: {path} carries object arrays (pickled Python objects), which are "
+        return CheckpointError(f"{where}: {path} carries object arrays (pickled Python objects), which are "
                                f"never loaded (allow_pickle=False); only plain numeric arrays are")
-    return CheckpointError(f"nn.load: {path} is truncated or corrupted ({type(err).__name__}: {err})")
+    return CheckpointError(f"{where}: {path} is truncated or corrupted ({type(err).__name__}: {err})")

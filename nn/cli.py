@@ -24,6 +24,7 @@ import microtensor as mt
 import nn
 import nn.manual
 from nn import bench, data
+from nn.arguments import non_negative_float, positive_int
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -133,13 +134,13 @@ def _demo(args: argparse.Namespace) -> int:
     report = nn.manual.check(model64, X, y, reg=1e-3)
     print(_indent(str(report)) + "\n")
 
+    print("3. The loss graph, with each parameter's gradient norm, and the trained model:\n")
     loss = nn.manual.loss(model64, X, y, reg=1e-3)
     loss.backward()
     files = _render_loss_graph(loss, model64, out / "loss_graph", show_grad=True)
     nn.save(model, out / "model.npz")
     files.append(str(out / "model.npz"))
     files.append(_write_history(history, out / "history.csv"))
-    print("3. The loss graph, with each parameter's gradient norm, and the trained model:\n")
     print("\n".join(f"   wrote {f}" for f in files))
     return 0 if report else 1
 
@@ -169,6 +170,11 @@ def _train(args: argparse.Namespace) -> int:
         raise CommandError(f"--history {args.history}: use a .csv or .json file name")
     if args.save and Path(args.save).suffix != ".npz":
         raise CommandError(f"--save {args.save}: checkpoints are .npz files")
+    for option, path in (("--save", args.save), ("--history", args.history)):
+        if path and not Path(path).parent.is_dir():
+            raise CommandError(f"{option} {path}: the directory {Path(path).parent} does not exist")
+    if args.dropout and (args.model or ("mlp" if args.hidden else "two-layer")) != "mlp":
+        raise CommandError("--dropout needs an mlp (--model mlp, or --hidden sizes alone)")
     train, val, test = load_dataset(args.dataset, args.data_dir, args.seed)
     classes = int(max(y.max() for _, y in (train, val, test))) + 1
     kind, sizes = _model_choice(args, train[0].shape[1], classes)
@@ -255,8 +261,6 @@ def notebook_loss(model: nn.Module, X: np.ndarray, y: np.ndarray, reg: float) ->
 
 def _check_users_backward(path: str, model: nn.Module, X: np.ndarray, y: np.ndarray,
                           reg: float) -> mt.GradReport:
-    if any(not isinstance(m, (nn.Linear, nn.ReLU)) for m in model.modules() if not list(m.children())):
-        raise CommandError("--manual checks ReLU networks (two-layer, three-layer, or mlp)")
     backward = _load_users_backward(path)
     loss, weights = notebook_loss(model, X, y, reg)
     try:
@@ -265,7 +269,10 @@ def _check_users_backward(path: str, model: nn.Module, X: np.ndarray, y: np.ndar
         raise CommandError(f"--manual {path}: backward() raised {type(err).__name__}: {err}") from None
     if not isinstance(grads, dict) or not grads:
         raise CommandError(f"--manual {path}: backward() must return a dict of gradients by name")
-    return mt.check_manual(loss, {name: np.asarray(g) for name, g in grads.items()})
+    try:
+        return mt.check_manual(loss, grads)
+    except (TypeError, ValueError) as err:  # a name the graph lacks, a gradient that is not numbers
+        raise CommandError(f"--manual {path}: {err}") from None
 
 
 # -- graph ----------------------------------------------------------------------------------
@@ -295,24 +302,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=["two-layer", "three-layer", "mlp"],
                         help="two-layer (Linear-ReLU-Linear), three-layer or mlp (default: two-layer, "
                              "or mlp when --hidden is given)")
-    parser.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
+    parser.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                         help="hidden sizes (two-layer: one, three-layer: two, mlp: any; "
                              "default 64 / 64 32 / 128 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data splits and weights")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -322,7 +315,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train on the digits, check gradients three ways, draw the graph")
     demo.add_argument("--out", default="microtensor-demo", help="where to write (default: %(default)s)")
-    demo.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: %(default)s)")
+    demo.add_argument("--epochs", type=positive_int, default=30, help="epochs (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the split and the weights")
     demo.set_defaults(run=_demo)
 
@@ -330,13 +323,13 @@ def make_parser() -> argparse.ArgumentParser:
     _model_options(train)
     train.add_argument("--dataset", choices=["digits", "blobs", "mnist"], default="digits")
     train.add_argument("--data-dir", help="directory (or .npz) holding the MNIST files, for --dataset mnist")
-    train.add_argument("--epochs", type=_positive_int, default=20)
-    train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--lr", type=_non_negative_float, default=0.05, help="learning rate")
+    train.add_argument("--epochs", type=positive_int, default=20)
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--lr", type=non_negative_float, default=0.05, help="learning rate")
     train.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    train.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum")
-    train.add_argument("--weight-decay", type=_non_negative_float, default=1e-4)
-    train.add_argument("--dropout", type=_non_negative_float, default=0.0, help="dropout (mlp only)")
+    train.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    train.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
+    train.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout (mlp only)")
     train.add_argument("--save", metavar="PATH.npz", help="write the trained model (safe .npz, no pickle)")
     train.add_argument("--history", metavar="PATH", help="write per-epoch metrics as .csv or .json")
     train.set_defaults(run=_train)
@@ -344,8 +337,8 @@ def make_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="tape vs manual vs finite differences; exit 1 on a mismatch",
                                 epilog=MANUAL_SIGNATURE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_options(check)
-    check.add_argument("--reg", type=_non_negative_float, default=0.0, help="L2: 0.5 * reg * sum(W**2)")
-    check.add_argument("--batch", type=_positive_int, default=16, help="examples in the batch")
+    check.add_argument("--reg", type=non_negative_float, default=0.0, help="L2: 0.5 * reg * sum(W**2)")
+    check.add_argument("--batch", type=positive_int, default=16, help="examples in the batch")
     check.add_argument("--manual", metavar="FILE.py", help="check your own backward() against the tape")
     check.set_defaults(run=_check)
 
@@ -354,7 +347,7 @@ def make_parser() -> argparse.ArgumentParser:
     graph.add_argument("--out", required=True, help="output file; its suffix picks the format")
     graph.add_argument("--grad", action="store_true", help="run backward and show gradient norms")
     graph.add_argument("--collapse", action="store_true", help="one node per module")
-    graph.add_argument("--batch", type=_positive_int, default=8, help="examples in the batch")
+    graph.add_argument("--batch", type=positive_int, default=8, help="examples in the batch")
     graph.set_defaults(run=_graph)
 
     timing = commands.add_parser("bench", help="time a training step against hand-written NumPy",
@@ -375,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         status = args.run(args)
-    except (CommandError, OSError, ValueError, nn.CheckpointError) as err:
+    except (CommandError, OSError, ValueError, FloatingPointError) as err:
         print(f"microtensor {args.command}: error: {err}", file=sys.stderr)
         return 2
     if args.command in ("demo", "train"):

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from nn.checkpoint import read_checkpoint
+
 DATASETS = Path(__file__).resolve().parent / "datasets"
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -283,12 +285,12 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 def _mnist_arrays(path: Path) -> dict[str, np.ndarray]:
     if path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in MNIST_FILES if key not in archive.files]
-            if missing:
-                raise ValueError(f"load_mnist: {path} lacks the arrays {missing}; expected "
-                                 f"{list(MNIST_FILES)} (the layout of Keras' mnist.npz)")
-            return {key: archive[key] for key in MNIST_FILES}
+        archive = read_checkpoint(path, "load_mnist")  # every damaged file is one clear error
+        missing = [key for key in MNIST_FILES if key not in archive]
+        if missing:
+            raise ValueError(f"load_mnist: {path} lacks the arrays {missing}; expected "
+                             f"{list(MNIST_FILES)} (the layout of Keras' mnist.npz)")
+        return {key: archive[key] for key in MNIST_FILES}
     found = {key: _find_idx(path, stem) for key, stem in MNIST_FILES.items()}
     missing = [MNIST_FILES[key] for key, file in found.items() if file is None]
     if missing or not path.is_dir():

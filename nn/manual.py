@@ -215,6 +215,9 @@ _VERDICTS = {
                            "an engine bug in one of this layer's ops (run mt.gradcheck on it)"),
     (True, False, False): ("numerical off", "finite differences disagree with the tape and the formulas: a "
                            "ReLU kink within eps of a pre-activation, or too little precision (use float64)"),
+    **dict.fromkeys([(True, True, False), (True, False, True), (False, True, True)], (
+        "borderline", "two pairs agree and the third just misses the tolerance: the errors sit near "
+                      "rtol; compare in float64, or with another eps")),
 }
 
 

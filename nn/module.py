@@ -83,6 +83,9 @@ class Module:
                 f"call super().__init__() first in {type(self).__name__}.__init__"
             )
         parameters, modules = registry["_parameters"], registry["_modules"]
+        if name in parameters and not (value is None or isinstance(value, Parameter)):
+            raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to parameter "
+                            f"{name!r}; assign an nn.Parameter (or None), or change .data in place")
         parameters.pop(name, None)
         modules.pop(name, None)
         if isinstance(value, Parameter):

@@ -235,8 +235,6 @@ class LRScheduler:
             raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.last_epoch = 0
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
 
     def factor(self, epoch: int) -> float:
         """The multiplier applied to ``lr`` when the schedule reaches ``epoch``."""

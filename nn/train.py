@@ -161,7 +161,7 @@ def fit(
 ) -> History:
     """Train ``model`` on ``(X, y)`` with minibatches; returns the per-epoch :class:`History`.
 
-    ``optimizer`` defaults to ``SGD(model.parameters(), lr=lr or 0.1)``; ``scheduler``
+    ``optimizer`` defaults to ``SGD(model.parameters(), lr=lr)`` (lr 0.1 when not given); ``scheduler``
     steps once per epoch; ``seed`` fixes the shuffling. ``progress=True`` prints one line
     per epoch, ``False`` nothing, ``None`` (default) only once a run has lasted 5 s.
     A loss that becomes nan or inf stops training with a FloatingPointError.

@@ -208,7 +208,7 @@ def test_memory_growth_counts_objects_left_in_reference_cycles():
 def test_the_tape_of_a_three_layer_loss_is_timed():
     tools = bench.time_tools(repeats=1)
     assert tools["tape"] > 0
-    assert ("gradcheck" in tools) == hasattr(mt, "gradcheck")
+    assert tools["gradcheck"] > 0 and tools["draw_graph"] > 0
 
 
 def test_a_tool_that_raises_is_reported_as_failed_not_timed(monkeypatch):

@@ -108,7 +108,11 @@ def test_graph_writes_the_picture_of_a_built_in_model(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["train", "--epochs", "zero"], ["--epochs", "invalid"]),
+    (["train", "--epochs", "zero"], ["--epochs", "must be a positive integer"]),
+    (["train", "--lr", "inf"], ["--lr", "finite number"]),
+    (["train", "--save", "/no/such/dir/m.npz"], ["--save", "does not exist"]),
+    (["train", "--dropout", "0.5"], ["--dropout needs an mlp"]),
+    (["bench", "--threads", "0"], ["--threads", "positive integer"]),
     (["train", "--lr", "-1"], ["--lr", ">= 0"]),
     (["train", "--model", "deep"], ["--model", "invalid choice"]),
     (["train", "--model", "two-layer", "--hidden", "8", "8"], ["two-layer takes 1 hidden"]),

@@ -333,3 +333,13 @@ def test_a_notebooks_keepdims_bias_gradient_is_flagged_with_the_fix(rng):
     notebook = as_model_names(dW1, db1, dW2, db2) | {"fc2.bias": db2}  # (1, 3), as the notebook has it
     report = mt.compare_grads(tape_gradients(model, x, y), notebook)
     assert report.first_wrong == "fc2.bias" and "drop keepdims=True" in report["fc2.bias"].diagnosis
+
+
+def test_two_agreeing_pairs_and_one_just_outside_the_tolerance_are_called_borderline():
+    exact = np.linspace(1.0, 2.0, 6)
+    tape, manual, numerical = exact, exact * (1 + 8e-6), exact * (1 - 8e-6)  # each pair 8e-6 or 1.6e-5 apart
+    compare = lambda expected, actual: mt.compare_grads({"w": expected}, {"w": actual}, atol=0.0, rtol=1e-5)
+    report = nn.manual.ManualReport("t", (compare(tape, manual), compare(numerical, tape),
+                                          compare(numerical, manual)), "")
+    assert not report and report["w"].verdict == "borderline"
+    assert "near rtol" in report["w"].diagnosis

@@ -225,3 +225,12 @@ def test_saving_into_a_missing_directory_names_it(tmp_path):
 
 def test_checkpoint_errors_are_value_errors():
     assert issubclass(checkpoint.CheckpointError, ValueError)
+
+
+def test_a_new_checkpoint_honours_the_umask(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        nn.save(nn.Linear(2, 2), tmp_path / "private.npz")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "private.npz").stat().st_mode & 0o777 == 0o600

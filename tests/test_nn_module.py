@@ -364,3 +364,10 @@ def test_import_nn_gives_the_whole_api_contract():
              "save", "load", "fit", "evaluate", "predict"]
     assert [name for name in names if not hasattr(nn, name)] == []
     assert callable(nn.manual.gradients) and callable(nn.data.load_mnist) and callable(nn.optim.StepLR)
+
+
+def test_assigning_a_plain_tensor_over_a_parameter_is_a_type_error_and_keeps_it_registered():
+    layer = nn.Linear(2, 3)
+    with pytest.raises(TypeError, match="cannot assign a Tensor to parameter 'weight'"):
+        layer.weight = mt.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]

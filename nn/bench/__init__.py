@@ -25,6 +25,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from nn.arguments import positive_int
 from nn.bench.memory import (
     memory_growth,
     memory_growth_in_fresh_process,
@@ -93,7 +94,8 @@ def run(workloads: Sequence[Workload] = WORKLOADS, dtypes: Sequence[str] = ("flo
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``microtensor bench``, added to ``parser``."""
     parser.add_argument("--full", action="store_true", help="full rounds (default: a quick run)")
-    parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: as is)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="BLAS and torch threads (default: as is)")
     parser.add_argument("--dtypes", nargs="+", default=["float64"], choices=sorted(TOLERANCE))
     parser.add_argument("--workloads", nargs="+", default=[w.name for w in WORKLOADS],
                         choices=[w.name for w in WORKLOADS])
