@@ -144,8 +144,7 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
     """
     e, a = _as_array(name, expected), _as_array(name, actual)
     if e.shape != a.shape:
-        sentence = diagnose(Evidence(e, a, atol, rtol, context))
-        return GradRow(name, e.shape, np.nan, np.nan, None, 1.0, False, "mismatch", sentence)
+        return _missing_row(name, e.shape, diagnose(Evidence(e, a, atol, rtol, context)))
     error = np.abs(a - e)
     bad = ~(error <= atol + rtol * np.abs(e))  # NaN counts as bad
     if e.size == 0:
