@@ -335,7 +335,7 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
             f"{output.shape}; they must match"
         )
     if create_graph and not isinstance(gradient, Tensor):
-        gradient = Tensor(gradient)
+        gradient = Tensor(np.array(gradient))  # a copy: the graph must not share the caller's array
     return gradient
 
 
@@ -414,10 +414,12 @@ def run_backward(
                         raise ValueError(f"backward: the derivative of {node.op.name} gave input {i} a "
                                          f"gradient of shape {ga.shape}, but the input has shape "
                                          f"{a._data.shape}; the op's VJP is wrong")
-                if a._node is None:
+                if a._node is None:  # a leaf's gradient never is, or shares memory with, another's
                     leaves[id(a)] = a
-                    if wanted is None and not create_graph and (ga is g or ga.base is not None):
-                        ga = ga.copy()  # a leaf's .grad never shares memory with another array
+                    if create_graph:
+                        ga = ga * 1 if ga is g else ga  # a new Tensor, still differentiable
+                    elif wanted is None and (ga is g or ga.base is not None):
+                        ga = ga.copy()
                 _accumulate(grads, id(a), ga)
             if not retain_graph:
                 node.freed = True

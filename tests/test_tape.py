@@ -338,3 +338,14 @@ def test_one_anomaly_detector_can_be_nested_and_reused():
 def test_an_op_called_with_a_missing_input_names_the_op():
     with pytest.raises(TypeError, match=r"^matmul: "):
         mt.matmul(Tensor(np.ones((2, 2))))
+
+
+def test_with_create_graph_a_leaf_gradient_is_not_the_upstream_gradient_itself():
+    z = Tensor([1.0, 2.0], requires_grad=True)
+    upstream_tensor, upstream_array = Tensor([3.0, 4.0]), np.array([3.0, 4.0])
+    (z + 0).backward(upstream_tensor, create_graph=True)
+    assert z.grad is not upstream_tensor
+    z.zero_grad()
+    (z + 0).backward(upstream_array, create_graph=True)
+    assert not np.shares_memory(z.grad.data, upstream_array)
+    np.testing.assert_array_equal(z.grad.data, upstream_array)
