@@ -522,8 +522,7 @@ class _Graph:
         labels = {}
         for t, entry in zip(reversed(nodes), tape(self.output)):
             labels[id(t)] = entry.output
-            inputs = [a for a in t._node.inputs]
-            for a, label in zip(inputs, entry.inputs):
+            for a, label in zip(t._node.inputs, entry.inputs):
                 if isinstance(a, Tensor):
                     labels.setdefault(id(a), label)
         return labels

@@ -141,22 +141,23 @@ def _factor_meaning(c: float, batch_size: int | None) -> str:
 
 
 # -- hypotheses on values alone -------------------------------------------------------------
+def _non_finite(values: np.ndarray) -> tuple[int, tuple[int, ...]] | None:
+    """How many entries are NaN or inf, and where the first one is; None when all are finite."""
+    bad = ~np.isfinite(values)
+    return (int(bad.sum()), _index(int(np.argmax(bad)), bad.shape)) if bad.any() else None
+
+
 def not_finite(ev: Evidence) -> str | None:
-    bad = ~np.isfinite(ev.actual)
-    if not bad.any():
-        return None
-    where = _index(int(np.argmax(bad)), bad.shape)
-    return (f"is not finite: {int(bad.sum())} NaN/inf value(s), first at {where}; an overflow or a "
-            f"log/division by zero in the formula (compute softmax from logits minus their row max)")
+    found = _non_finite(ev.actual)
+    return found and (f"is not finite: {found[0]} NaN/inf value(s), first at {found[1]}; an overflow or "
+                      f"a log/division by zero in the formula (compute softmax from logits minus their row "
+                      f"max)")
 
 
 def expected_not_finite(ev: Evidence) -> str | None:
-    bad = ~np.isfinite(ev.expected)
-    if not bad.any():
-        return None
-    where = _index(int(np.argmax(bad)), bad.shape)
-    return (f"cannot be judged: the expected gradient is not finite at {where}; the forward pass "
-            f"overflows or takes log(0) (run it under mt.detect_anomaly() to find the op)")
+    found = _non_finite(ev.expected)
+    return found and (f"cannot be judged: the expected gradient is not finite at {found[1]}; the forward "
+                      f"pass overflows or takes log(0) (run it under mt.detect_anomaly() to find the op)")
 
 
 def not_summed_over_batch(ev: Evidence) -> str | None:

@@ -1,4 +1,4 @@
-"""Argument types for the command line, shared by ``microtensor`` and ``microtensor bench``.
+"""Argument checks: for the library's own functions, and types for the command line.
 
 >>> positive_int("3"), non_negative_float("0.5")
 (3, 0.5)
@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
+
+import numpy as np
+
+
+def check_positive_int(value: Any, what: str, where: str) -> None:
+    """Raise a ValueError naming ``where`` and ``what`` unless ``value`` is a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
 
 
 def positive_int(text: str) -> int:

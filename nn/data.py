@@ -20,15 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from nn.arguments import check_positive_int
 from nn.checkpoint import read_checkpoint
 
 DATASETS = Path(__file__).resolve().parent / "datasets"
 Pair = tuple[np.ndarray, np.ndarray]
-
-
-def _check_positive_int(value: Any, what: str, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
 
 
 def _check_same_length(X: np.ndarray, y: np.ndarray, where: str) -> None:
@@ -60,7 +56,7 @@ class DataLoader:
     ) -> None:
         self.X, self.y = np.asarray(X), np.asarray(y)
         _check_same_length(self.X, self.y, "DataLoader")
-        _check_positive_int(batch_size, "batch_size", "DataLoader")
+        check_positive_int(batch_size, "batch_size", "DataLoader")
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rng = np.random.default_rng(seed)
 
@@ -216,8 +212,8 @@ def make_blobs(n_per_class: int = 200, dim: int = 2, offset: float = 2.0, seed: 
     >>> X.shape, X.dtype, np.bincount(y).tolist()
     ((10, 3), dtype('float32'), [5, 5])
     """
-    _check_positive_int(n_per_class, "n_per_class", "make_blobs")
-    _check_positive_int(dim, "dim", "make_blobs")
+    check_positive_int(n_per_class, "n_per_class", "make_blobs")
+    check_positive_int(dim, "dim", "make_blobs")
     rng = np.random.default_rng(seed)
     c0 = rng.normal(loc=-offset, scale=1.0, size=(n_per_class, dim))
     c1 = rng.normal(loc=+offset, scale=1.0, size=(n_per_class, dim))

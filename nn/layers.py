@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import microtensor as mt
+from nn.arguments import check_positive_int
 from nn.module import Module, Parameter
 
 Seed = int | np.random.Generator | None
@@ -49,11 +50,6 @@ def init_weight(init: str, fan_in: int, fan_out: int, rng: np.random.Generator) 
     return INITS[init](fan_in, fan_out, rng)
 
 
-def _check_size(value: Any, what: str, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
-
-
 class Linear(Module):
     """``y = x @ weight + bias`` with ``weight`` of shape ``(in_features, out_features)``.
 
@@ -77,8 +73,8 @@ class Linear(Module):
         seed: Seed = None,
     ) -> None:
         super().__init__()
-        _check_size(in_features, "in_features", "Linear")
-        _check_size(out_features, "out_features", "Linear")
+        check_positive_int(in_features, "in_features", "Linear")
+        check_positive_int(out_features, "out_features", "Linear")
         rng = np.random.default_rng(seed)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init_weight(init, in_features, out_features, rng).astype(dtype))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 import microtensor as mt
+from nn.arguments import check_positive_int
 
 
 def _check_at_least(where: str, name: str, value: float, low: float = 0.0) -> None:
@@ -262,8 +263,7 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
+        check_positive_int(step_size, "step_size", "StepLR")
         _check_at_least("StepLR", "gamma", gamma)
         super().__init__(optimizer)
         self.step_size, self.gamma = step_size, gamma
