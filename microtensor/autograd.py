@@ -8,6 +8,7 @@ runs the forward and, when gradients are wanted, appends a :class:`Node` to the 
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import itertools
 import threading
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from microtensor.reductions import sum_first_axis
 
 
 class _GradMode(threading.local):
@@ -272,8 +275,10 @@ def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
     leading = grad.ndim - len(shape)
     if leading < 0:
         raise ValueError(f"gradient of shape {grad.shape} cannot reduce to shape {shape}")
-    if leading:
-        grad = grad.sum(axis=0 if leading == 1 else tuple(range(leading)))
+    if leading == 1:
+        grad = sum_first_axis(grad)
+    elif leading:
+        grad = grad.sum(axis=tuple(range(leading)))
     if 1 not in shape or grad.shape == shape:
         return grad
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
@@ -339,11 +344,6 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
     return gradient
 
 
-def _accumulate(grads: dict[int, Any], key: int, grad: Any) -> None:
-    previous = grads.get(key)
-    grads[key] = grad if previous is None else previous + grad
-
-
 def run_backward(
     outputs: Sequence[Tensor],
     gradients: Sequence[Any],
@@ -365,27 +365,36 @@ def run_backward(
                 "backward: the output does not require grad and has no recorded graph; "
                 "did you create it under no_grad(), or from tensors without requires_grad=True?"
             )
-    grads: dict[int, Any] = {}
+    grads: dict[int, Any] = {}  # id(tensor) -> its gradient so far
     leaves: dict[int, Tensor] = {}
+    # Recorded tensors that have a gradient and wait for their op's VJPs, latest op first.
+    # Tape positions are a topological order, so a tensor leaves this heap only after
+    # every op that consumed it has sent its share of the gradient.
+    pending: list[tuple[int, Tensor]] = []
     for out, gradient in zip(outputs, gradients):
         root = _root_gradient(out, gradient, create_graph)
-        if out._node is None:  # backward on a leaf: its gradient is the root gradient itself
-            leaves[id(out)] = out
-            root = root if create_graph else np.array(root)
-        _accumulate(grads, id(out), root)
+        key = id(out)
+        if key in grads:  # the same output twice
+            grads[key] = grads[key] + root
+        elif out._node is None:  # backward on a leaf: its gradient is the root gradient itself
+            leaves[key] = out
+            grads[key] = root if create_graph else np.array(root)
+        else:
+            grads[key] = root
+            heapq.heappush(pending, (-out._node.position, out))
     wanted = None if inputs is None else {id(t) for t in inputs}
     captured: dict[int, Any] = {}
     detector = _anomaly.detector
     # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
     # VJPs only record when handed Tensors, so grad mode matters only for create_graph.
     with (enable_grad() if create_graph else nullcontext()), np.errstate(all="ignore"):
-        for t in recorded_nodes(outputs):
+        while pending:
+            position, t = heapq.heappop(pending)
+            position = -position
             node = t._node
             if node.freed:
                 raise _freed_graph_error()
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
+            g = grads.pop(id(t))
             if wanted is not None:
                 if id(t) in wanted:
                     captured[id(t)] = g
@@ -396,31 +405,39 @@ def run_backward(
                 out, params = t, node.params
             else:
                 out, args, params = t._data, node.arrays, node.first_order_params()
-            if t._modified_at > node.position:
+            if t._modified_at > position:
                 raise _modified_error(node, t, "its output")
             for i, a in enumerate(node.inputs):
                 if not isinstance(a, Tensor):
                     continue
-                if a._modified_at > node.position:
+                if a._modified_at > position:
                     raise _modified_error(node, a, f"input {i}")
                 if not a.requires_grad:
                     continue
                 ga = node.op.vjps[i](g, out, *args, **params)
                 if detector is not None:
                     detector.check_backward(node, i, ga)
-                if ga.shape != a._data.shape:
-                    ga = unbroadcast(ga, a._data.shape)
-                    if ga.shape != a._data.shape:
+                shape = a._data.shape
+                if ga.shape != shape:
+                    ga = unbroadcast(ga, shape)
+                    if ga.shape != shape:
                         raise ValueError(f"backward: the derivative of {node.op.name} gave input {i} a "
                                          f"gradient of shape {ga.shape}, but the input has shape "
-                                         f"{a._data.shape}; the op's VJP is wrong")
-                if a._node is None:  # a leaf's gradient never is, or shares memory with, another's
-                    leaves[id(a)] = a
+                                         f"{shape}; the op's VJP is wrong")
+                key = id(a)
+                previous = grads.get(key)
+                if previous is not None:
+                    grads[key] = previous + ga
+                elif a._node is not None:
+                    grads[key] = ga
+                    heapq.heappush(pending, (-a._node.position, a))
+                else:  # a leaf's gradient never is, or shares memory with, another's
+                    leaves[key] = a
                     if create_graph:
                         ga = ga * 1 if ga is g else ga  # a new Tensor, still differentiable
                     elif wanted is None and (ga is g or ga.base is not None):
                         ga = ga.copy()
-                _accumulate(grads, id(a), ga)
+                    grads[key] = ga
             if not retain_graph:
                 node.freed = True
                 node.saved = None

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from microtensor.autograd import Op
+from microtensor.reductions import softmax_shift, sum_keepdims
 
 
 # -- why inputs do not fit: consulted only after a forward failed ---------------------------
@@ -175,14 +176,19 @@ astype = Op("astype", lambda x, dtype: x.astype(dtype),
 
 
 # -- softmax family (shifted by the max, so logits of 1e4 stay finite) -----------------------
+def _reusable(fresh: Any) -> np.ndarray | None:
+    """``fresh`` (a temporary) as the ``out=`` of a float result, unless it cannot hold one."""
+    return fresh if type(fresh) is np.ndarray and fresh.dtype.kind == "f" else None
+
+
 def _log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    shifted = x - softmax_shift(x, axis)
+    return np.subtract(shifted, np.log(sum_keepdims(np.exp(shifted), axis)), out=_reusable(shifted))
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e = np.exp(x - softmax_shift(x, axis))
+    return np.divide(e, sum_keepdims(e, axis), out=_reusable(e))
 
 
 log_softmax = Op("log_softmax", _log_softmax,
