@@ -94,8 +94,10 @@ class scope:
         self.name = name
 
     def __enter__(self) -> scope:
-        _scopes.previous.append(_scopes.current)
-        _scopes.current = _scopes.current + (self.name,)
+        scopes = _scopes  # nn enters one per module call: one global lookup, not three
+        current = scopes.current
+        scopes.previous.append(current)
+        scopes.current = current + (self.name,)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -212,10 +214,15 @@ class Op:
     def __call__(self, *args: Any, **params: Any) -> Tensor:
         if self.param_names and len(args) > len(self.vjps):
             args, params = self._bind(args, params)
+        arrays = []
+        records = False
         try:
-            # Lists become arrays here, once, so that VJPs can do arithmetic on them.
-            arrays = [a._data if isinstance(a, Tensor) else np.asarray(a) if type(a) in _SEQUENCES else a
-                      for a in args]
+            for a in args:
+                if isinstance(a, Tensor):
+                    arrays.append(a._data)
+                    records = records or a.requires_grad
+                else:  # lists become arrays here, once, so that VJPs can do arithmetic on them
+                    arrays.append(np.asarray(a) if type(a) in _SEQUENCES else a)
             out = self.forward(*arrays, **params)
         except (ValueError, TypeError, IndexError) as err:
             raise _forward_error(self, err, args) from None
@@ -230,14 +237,12 @@ class Op:
         result.name = None
         result._retains_grad = False
         result._modified_at = -1
-        result.requires_grad = False
-        result._node = None
-        if self.differentiable and _grad_mode.enabled:
-            for a in args:
-                if isinstance(a, Tensor) and a.requires_grad:
-                    result.requires_grad = True
-                    result._node = Node(self, args, arrays, params, saved)
-                    break
+        if records and self.differentiable and _grad_mode.enabled:
+            result.requires_grad = True
+            result._node = Node(self, args, arrays, params, saved)
+        else:
+            result.requires_grad = False
+            result._node = None
         if _anomaly.detector is not None:
             _anomaly.detector.check_forward(self, result, args)
         return result
@@ -326,7 +331,7 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        gradient = np.ones(output._data.shape, output._data.dtype)
+        gradient = np.array(1, output._data.dtype).reshape(output._data.shape)  # np.ones costs 3x
     elif isinstance(gradient, Tensor) and create_graph:
         pass
     else:

@@ -107,7 +107,7 @@ def _drop_last_axis(x: Any) -> Any:
     return x.reshape(x.shape[:-1])
 
 
-def _matmul_grad_a(g: Any, out: Any, a: Any, b: Any) -> Any:
+def _matmul_grad_a(g: Any, out: Any, a: Any, b: Any, bias: Any = None) -> Any:  # linear passes its bias
     if b.ndim == 1:
         return g * b if a.ndim == 1 else _append_axis(g) * b
     if a.ndim == 1:
@@ -115,7 +115,7 @@ def _matmul_grad_a(g: Any, out: Any, a: Any, b: Any) -> Any:
     return g @ _swap_last(b)
 
 
-def _matmul_grad_b(g: Any, out: Any, a: Any, b: Any) -> Any:
+def _matmul_grad_b(g: Any, out: Any, a: Any, b: Any, bias: Any = None) -> Any:
     if a.ndim == 1:
         return g * a if b.ndim == 1 else _append_axis(a) * g.reshape(g.shape[:-1] + (1, g.shape[-1]))
     if b.ndim == 1:
@@ -135,9 +135,7 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
 
 
 # A layer's x @ W + b as one node: half the bookkeeping of matmul then add.
-linear = Op("linear", _linear,
-            lambda g, out, x, weight, bias: _matmul_grad_a(g, out, x, weight),
-            lambda g, out, x, weight, bias: _matmul_grad_b(g, out, x, weight),
+linear = Op("linear", _linear, _matmul_grad_a, _matmul_grad_b,
             lambda g, out, x, weight, bias: g, explain=_linear_mismatch)
 
 

@@ -72,7 +72,7 @@ class Module:
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
-        object.__setattr__(self, "_scope_name", type(self).__name__)
+        object.__setattr__(self, "_scope", mt.scope(type(self).__name__))  # one object, entered on every call
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -93,7 +93,7 @@ class Module:
         elif isinstance(value, Module):
             modules[name] = value
             # Ops run in this child are tagged with the name its parent knows it by.
-            object.__setattr__(value, "_scope_name", name)
+            object.__setattr__(value, "_scope", mt.scope(name))
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -107,7 +107,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with mt.scope(self._scope_name):
+        with self._scope:
             return self.forward(*args, **kwargs)
 
     # -- walking the tree -------------------------------------------------------------------
