@@ -349,3 +349,13 @@ def test_with_create_graph_a_leaf_gradient_is_not_the_upstream_gradient_itself()
     (z + 0).backward(upstream_array, create_graph=True)
     assert not np.shares_memory(z.grad.data, upstream_array)
     np.testing.assert_array_equal(z.grad.data, upstream_array)
+
+
+def test_grad_of_several_outputs_when_one_is_inside_the_others_graph_and_one_repeats():
+    x = Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = x * x  # an output, and also on the way to z
+    z = (y * 3.0).sum()
+    ones = np.ones(3)
+    (gx,) = mt.grad([y, z, z], x, grad_outputs=[ones, 1.0, 2.0])
+    # d/dx of sum(y) + 3 * z = x^2 + 3 * 3x^2 summed: 2x + 18x
+    np.testing.assert_allclose(gx, 20 * x.data)
