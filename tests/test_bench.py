@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import microtensor as mt
 from nn import bench
 from nn.bench import Implementation, NumpyStep, Report, Result, Workload, make_problem
+from nn.bench.report import render
 
 TWO_LAYER = Workload("two", (3, 5, 4), 7)
 THREE_LAYER = Workload("three", (4, 6, 5, 3), 9)
@@ -247,3 +250,16 @@ def test_the_runner_rewrites_only_what_follows_the_hand_written_introduction(tmp
     assert text.startswith("# Performance, edited by hand\n")
     assert text.endswith(runner.GENERATED + "\n\nsecond table\n")
     assert "first table" not in text
+
+
+def test_the_command_and_a_bench_run_work_without_posix_only_modules(monkeypatch):
+    # Windows has neither os.getloadavg nor the resource module.
+    script = ("import sys; sys.modules['resource'] = None; import os; del os.getloadavg; "
+              "import nn.cli, nn.bench; print(nn.bench.system.load_average())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    monkeypatch.delattr("os.getloadavg")
+    report = quick([TWO_LAYER], implementations=["microtensor"])
+    assert report.load == [None, None]
+    assert "Load average: this platform does not report one." in render([report])

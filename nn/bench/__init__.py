@@ -22,7 +22,6 @@ growth; :mod:`nn.bench.system` sets and reports threads.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 
 from nn.arguments import positive_int
@@ -51,7 +50,7 @@ from nn.bench.steps import (
     microtensor_loss,
     resolve,
 )
-from nn.bench.system import in_fresh_process, machine, set_threads
+from nn.bench.system import in_fresh_process, load_average, machine, set_threads
 from nn.bench.timing import TOLERANCE, bench_workload, disagreement, first_step, interleave, time_tools
 from nn.bench.workloads import TOOLS_WORKLOAD, WORKLOADS, Problem, Workload, make_problem
 
@@ -82,12 +81,12 @@ def run(workloads: Sequence[Workload] = WORKLOADS, dtypes: Sequence[str] = ("flo
     ready, skipped = resolve(implementations)
     report = Report(machine(), set_threads(threads), {"rounds": rounds, "block_seconds": block_seconds},
                     [w.name for w in workloads], {w.name: w.label for w in workloads}, skipped=skipped,
-                    load=[os.getloadavg()[0]])
+                    load=[load_average()])
     for dtype in dtypes:
         for workload in workloads:
             report.results += bench_workload(workload, dtype, ready, rounds, block_seconds)
     report.tools = time_tools()
-    report.load.append(os.getloadavg()[0])
+    report.load.append(load_average())
     return report
 
 

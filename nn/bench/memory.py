@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import resource
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from nn.bench.workloads import Workload, make_problem
 
 
 def _peak_rss_kib() -> int:
+    import resource  # POSIX only: imported here, so that importing nn.bench works everywhere
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 

@@ -41,7 +41,7 @@ class Report:
     results: list[Result] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     tools: dict[str, float | str] = field(default_factory=dict)
-    load: list[float] = field(default_factory=list)  # 1-minute load average at start and end
+    load: list[float | None] = field(default_factory=list)  # 1-minute load average at start and end
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts and lists, for JSON."""
@@ -187,6 +187,8 @@ def render(reports: Sequence[Report], memory: dict[str, Any] | None = None) -> s
 
 def _describe_load(report: Report) -> str:
     start, end = report.load
+    if start is None or end is None:
+        return "Load average: this platform does not report one."
     return (f"Load average (1 min): {start:.2f} at the start, {end:.2f} at the end, on "
             f"{report.machine.get('cores')} cores; the benchmark adds about one per busy thread, "
             "more means other processes shared the machine.")

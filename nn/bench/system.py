@@ -82,6 +82,11 @@ def _numpy_blas() -> str:
     return f"{blas.get('name')} {blas.get('version')}"
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none (Windows)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def machine() -> dict[str, str]:
     """The CPU, core count and library versions the numbers belong to."""
     return {
