@@ -43,6 +43,37 @@ def _work_buffer(state: State, param: np.ndarray) -> np.ndarray:
     return work
 
 
+# A block of this many bytes, scaled into scratch, is still in cache when it is subtracted.
+_BLOCK_BYTES = 1 << 18
+
+
+def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, work: np.ndarray) -> None:
+    """``param -= scale * step`` in place, a block of rows at a time through the start of ``work``.
+
+    On a large layer a whole-array ``scale * step`` is written out to memory and read back;
+    block by block it never leaves the cache, which saves a third of the update's memory
+    traffic. The result is the same, rounding included.
+
+    >>> p = np.ones((4, 2)); _subtract_scaled(p, np.full((4, 2), 2.0), 0.25, np.empty((4, 2))); p[0]
+    array([0.5, 0.5])
+    """
+    if param.ndim == 0 or param.nbytes <= _BLOCK_BYTES:
+        param -= np.multiply(step, scale, out=work)
+        return
+    rows = max(1, _BLOCK_BYTES * len(param) // param.nbytes)
+    for start in range(0, len(param), rows):
+        block = step[start:start + rows]
+        param[start:start + rows] -= np.multiply(block, scale, out=work[:len(block)])
+
+
+def _check_gradient(where: str, param: mt.Tensor) -> None:
+    grad = param.grad.data if isinstance(param.grad, mt.Tensor) else param.grad
+    if not isinstance(grad, np.ndarray) or grad.shape != param.shape:
+        got = f"shape {grad.shape}" if isinstance(grad, np.ndarray) else f"a {type(grad).__name__}"
+        raise ValueError(f"{where}.step: a parameter of shape {param.shape} has a .grad of {got}; a "
+                         f"gradient must be an array of its parameter's shape (was .grad set by hand?)")
+
+
 class Optimizer:
     """Base class: holds parameter groups (dicts with ``"params"`` and settings) and state.
 
@@ -89,7 +120,15 @@ class Optimizer:
                 p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient, in place.
+
+        Every gradient is checked first, so a step that fails changes no parameter.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is not None and (type(grad) is not np.ndarray or grad.shape != p.data.shape):
+                    _check_gradient(type(self).__name__, p)
         for group in self.param_groups:
             for p in group["params"]:
                 grad = p.grad
@@ -159,8 +198,7 @@ class SGD(Optimizer):
                 buf *= momentum
                 buf += (1 - group["dampening"]) * grad if group["dampening"] else grad
             grad = grad + momentum * buf if group["nesterov"] else buf
-        np.multiply(grad, group["lr"], out=work)
-        param -= work
+        _subtract_scaled(param, grad, group["lr"], work)
 
 
 class Adam(Optimizer):

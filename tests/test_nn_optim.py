@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import requires_torch, torch
@@ -85,6 +87,52 @@ def test_one_sgd_step_is_w_minus_lr_times_grad_plus_weight_decay():
     (w * np.array([3.0, 4.0])).sum().backward()
     SGD([w], lr=0.1, weight_decay=0.5).step()
     np.testing.assert_allclose(w.data, [1.0 - 0.1 * (3.0 + 0.5), -2.0 - 0.1 * (4.0 - 1.0)])
+
+
+LARGE_LAYOUTS = {  # larger than one block of the update, in the layouts a parameter's array may have
+    "rows": lambda rng: rng.standard_normal((700, 130)),
+    "one long row": lambda rng: rng.standard_normal((1, 70_001)),
+    "vector": lambda rng: rng.standard_normal(70_001),
+    "Fortran order": lambda rng: np.asfortranarray(rng.standard_normal((300, 257))),
+    "strided view": lambda rng: rng.standard_normal((600, 260))[::2, ::2],
+    "float32": lambda rng: rng.standard_normal((900, 100)).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("layout", LARGE_LAYOUTS)
+@pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.3}, {"momentum": 0.9, "nesterov": True}])
+def test_sgd_steps_on_large_parameters_equal_the_formula_bit_for_bit(layout, settings):
+    rng = np.random.default_rng(1)
+    data = LARGE_LAYOUTS[layout](rng)
+    w = mt.Tensor(data, requires_grad=True)
+    w.data = data  # the very array, in its layout, as an optimizer sees a user's parameter
+    grad = rng.standard_normal(data.shape).astype(data.dtype)
+    expected, buf = data.copy(), None
+    opt = SGD([w], lr=0.01, **settings)
+    for _ in range(2):
+        w.grad = grad.copy()
+        opt.step()
+        step = grad + settings.get("weight_decay", 0) * expected
+        if "momentum" in settings:
+            buf = step.copy() if buf is None else 0.9 * buf + step
+            step = step + 0.9 * buf
+        expected -= 0.01 * step
+    assert w.data is data
+    np.testing.assert_array_equal(data, expected)
+    np.testing.assert_array_equal(w.grad, grad)
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: Adam(p, lr=0.1)])
+@pytest.mark.parametrize("bad, got", [(np.ones(2), "shape (2,)"), (np.ones((3, 3)), "shape (3, 3)"),
+                                      ([1.0, 1.0], "a list"), (0.5, "a float")])
+def test_a_gradient_set_by_hand_that_does_not_fit_is_a_clear_error_and_nothing_changes(make, bad, got):
+    w, v = mt.Tensor(np.ones(3), requires_grad=True), mt.Tensor(np.ones((3, 2)), requires_grad=True)
+    w.grad, v.grad = np.ones(3), bad
+    opt = make([w, v])
+    message = r"step: a parameter of shape \(3, 2\) has a .grad of " + re.escape(got)
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    assert (w.data == 1).all() and (v.data == 1).all() and not opt.state
 
 
 def test_first_adam_step_moves_each_weight_by_about_lr_against_the_gradient_sign():
