@@ -49,13 +49,20 @@ How it is measured:
   stalls the threads at their barriers, and PyTorch's OpenMP pool and OpenBLAS's pool
   contend inside the one process; read those tables with the load average printed above
   them, and trust the 1-thread tables first.
+- The timing processes pin glibc's allocator (`nn.bench.pin_allocator`): freed blocks of
+  up to 32 MiB stay on the heap, which is never trimmed. Left as it is, glibc sometimes
+  returns a step's freed temporaries to the system and the next step faults them back in:
+  the hand-written step, which makes a new array for every intermediate, was seen taking
+  several hundred page faults per step in some runs and none in others, and microtensor
+  up to 460 on W2, which moved a ratio by up to 30% from run to run. Pinned, no
+  implementation faults, and the ratios compare the arithmetic and the Python around it.
 """
 
 
 def timing(threads: int, dtypes: list[str], quick: bool) -> bench.Report:
     """Every workload and dtype in a fresh process limited to ``threads`` threads."""
     settings = bench.QUICK if quick else bench.FULL
-    call = f"b.run(b.WORKLOADS, {dtypes!r}, {threads}, **{settings!r}).to_dict()"
+    call = f"b.run(b.WORKLOADS, {dtypes!r}, {threads}, **{settings!r}, pin=True).to_dict()"
     return bench.Report.from_dict(bench.in_fresh_process(call, threads))
 
 

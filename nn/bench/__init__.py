@@ -50,7 +50,7 @@ from nn.bench.steps import (
     microtensor_loss,
     resolve,
 )
-from nn.bench.system import in_fresh_process, load_average, machine, set_threads
+from nn.bench.system import allocator, in_fresh_process, load_average, machine, pin_allocator, set_threads
 from nn.bench.timing import TOLERANCE, bench_workload, disagreement, first_step, interleave, time_tools
 from nn.bench.workloads import TOOLS_WORKLOAD, WORKLOADS, Problem, Workload, make_problem
 
@@ -63,7 +63,7 @@ __all__ = [
     "TOLERANCE", "first_step", "disagreement", "interleave", "bench_workload", "time_tools",
     "Report", "Result", "render", "speed_targets", "tool_targets", "memory_targets",
     "peak_rss", "peak_rss_in_fresh_process", "memory_growth", "memory_growth_in_fresh_process",
-    "machine", "set_threads", "in_fresh_process",
+    "machine", "set_threads", "pin_allocator", "allocator", "in_fresh_process",
 ]
 
 QUICK = {"rounds": 3, "block_seconds": 0.01}
@@ -72,14 +72,19 @@ FULL = {"rounds": 15, "block_seconds": 0.05}
 
 def run(workloads: Sequence[Workload] = WORKLOADS, dtypes: Sequence[str] = ("float64",),
         threads: int | None = None, implementations: Sequence[str | Implementation] | None = None,
-        rounds: int = QUICK["rounds"], block_seconds: float = QUICK["block_seconds"]) -> Report:
+        rounds: int = QUICK["rounds"], block_seconds: float = QUICK["block_seconds"],
+        pin: bool = False) -> Report:
     """Check, then time, every implementation on every workload and dtype, in this process.
 
     ``implementations``: names from ``IMPLEMENTATIONS`` or :class:`Implementation` objects;
     the NumPy reference always runs. ``threads`` limits BLAS and torch (None: as found).
+    ``pin`` sets this process's allocator with :func:`pin_allocator` first.
     """
     ready, skipped = resolve(implementations)
-    report = Report(machine(), set_threads(threads), {"rounds": rounds, "block_seconds": block_seconds},
+    if pin:
+        pin_allocator()
+    settings = {"rounds": rounds, "block_seconds": block_seconds, "allocator": allocator()}
+    report = Report(machine(), set_threads(threads), settings,
                     [w.name for w in workloads], {w.name: w.label for w in workloads}, skipped=skipped,
                     load=[load_average()])
     for dtype in dtypes:
@@ -106,7 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run ``microtensor bench`` with parsed ``args``; 1 when an implementation disagrees, else 0."""
     settings = FULL if args.full else QUICK
     workloads = [w for w in WORKLOADS if w.name in args.workloads]
-    report = run(workloads, args.dtypes, args.threads, args.implementations, **settings)
+    report = run(workloads, args.dtypes, args.threads, args.implementations, **settings, pin=True)
     print(render([report]))
     return 0 if report.ok else 1
 

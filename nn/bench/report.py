@@ -160,7 +160,8 @@ def render(reports: Sequence[Report], memory: dict[str, Any] | None = None) -> s
     lines = ["## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in first.machine.items()]
     lines += ["", f"Rounds per workload: {first.settings['rounds']}, blocks of about "
-              f"{first.settings['block_seconds'] * 1e3:.0f} ms per implementation per round.", ""]
+              f"{first.settings['block_seconds'] * 1e3:.0f} ms per implementation per round. "
+              f"Allocator: {first.settings['allocator']}.", ""]
     targets: list[tuple[str, str, str, str]] = []
     for report in reports:
         lines += ["", f"## {_threads_title(report).capitalize()}", "", _describe_threads(report.threads),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import json
 import os
@@ -14,6 +15,12 @@ from typing import Any
 import numpy as np
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+# mallopt's parameter numbers in glibc's malloc.h, and the largest mmap threshold it takes on 64-bit.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+_KEEP_FREED = 1 << 30  # trim the heap only when this much lies free at its top: in effect never
+_allocator = "as found"
 
 
 def set_threads(threads: int | None) -> dict[str, Any]:
@@ -38,6 +45,32 @@ def set_threads(threads: int | None) -> dict[str, Any]:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
     return {"requested": threads, "method": method, **_threads_in_effect()}
+
+
+def pin_allocator() -> str:
+    """Make glibc's malloc keep freed memory for the next step; return how the allocator is set.
+
+    By default glibc gives a large freed block back to the system (unmapped, or trimmed off
+    the heap) once its adaptive thresholds say so, and the next step faults every page of
+    it in again. Whether that happens depends on what the process did before, so a step's
+    time moved by up to 30% from run to run. With blocks of up to 32 MiB kept on the heap
+    and the heap never trimmed, no step of any implementation faults, and the ratios
+    compare arithmetic, not the allocator's state. It applies to this whole process, so
+    only the benchmark calls it; elsewhere than glibc it changes nothing.
+    """
+    global _allocator
+    if platform.libc_ver()[0] != "glibc":
+        return _allocator
+    mallopt = ctypes.CDLL(None).mallopt
+    if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED):
+        _allocator = (f"glibc malloc, pinned by the benchmark: blocks up to {_MMAP_THRESHOLD_MAX >> 20} MiB "
+                      f"from the heap, which is never trimmed")
+    return _allocator
+
+
+def allocator() -> str:
+    """How this process's allocator is set: "as found", or what :func:`pin_allocator` did."""
+    return _allocator
 
 
 def _threads_in_effect() -> dict[str, Any]:
