@@ -197,7 +197,7 @@ softmax = Op("softmax", _softmax,
 
 
 # -- softmax cross-entropy, fused: one node, and a backward of softmax minus the target ------
-def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, Any]]:
     if logits.ndim != 2 or target.shape not in (logits.shape[:1], logits.shape):
         raise ValueError("logits must have shape (N, C) and target (N,) integer labels or "
                          "(N, C) class probabilities")
@@ -206,11 +206,13 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     logp = _log_softmax(logits)
     if target.ndim == 1:
         _check_labels(target, logits.shape[1])
-        return -np.add.reduce(logp[np.arange(len(logits)), target]) / len(logits), logp
+        # Where each row's label sits in the flat array: one index for the loss and its gradient.
+        labelled = np.arange(0, logp.size, logp.shape[1]) + target
+        return -np.add.reduce(logp.reshape(-1)[labelled]) / len(logits), (logp, labelled)
     # 0 * log(0) counts as 0, so a class the target rules out may have a logit of -inf.
     weighted = np.multiply(target, logp, where=target != 0,
                            out=np.zeros(logp.shape, np.result_type(target, logp)))
-    return -weighted.sum() / len(logits), logp
+    return -weighted.sum() / len(logits), (logp, None)
 
 
 def _check_labels(labels: np.ndarray, classes: int) -> None:
@@ -226,20 +228,21 @@ def _check_labels(labels: np.ndarray, classes: int) -> None:
 def _cross_entropy_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any = None) -> Any:
     if saved is not None and target.ndim == 1:
         # The training hot path: the same rule, in place on the forward's probabilities.
-        grad = np.exp(saved)
-        grad.reshape(-1)[np.arange(0, grad.size, grad.shape[1]) + target] -= 1
+        logp, labelled = saved
+        grad = np.exp(logp)
+        grad.reshape(-1)[labelled] -= 1
         grad *= g.item() / len(logits)
         return grad
     if target.ndim == 1:  # labels: the target distribution is their one-hot rows
         labels, target = target, np.zeros(logits.shape, dtype=logits.dtype)
         target[np.arange(len(labels)), labels] = 1
-    probabilities = softmax.either(logits) if saved is None else np.exp(saved)
+    probabilities = softmax.either(logits) if saved is None else np.exp(saved[0])
     # d(-sum(t * logp))/dlogits is softmax * sum(t) - t: rows need not sum to one.
     return (probabilities * target.sum(axis=-1, keepdims=True) - target) * (g / len(logits))
 
 
 def _cross_entropy_target_grad(g: Any, out: Any, logits: Any, target: Any, saved: Any = None) -> Any:
-    logp = log_softmax.either(logits) if saved is None else saved
+    logp = log_softmax.either(logits) if saved is None else saved[0]
     return logp * (-g / len(logits))
 
 
