@@ -207,7 +207,8 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     if target.ndim == 1:
         _check_labels(target, logits.shape[1])
         # Where each row's label sits in the flat array: one index for the loss and its gradient.
-        labelled = np.arange(0, logp.size, logp.shape[1]) + target
+        # The labels are checked to lie in [0, C), so casting them (from uint64, say) loses nothing.
+        labelled = np.add(np.arange(0, logp.size, logp.shape[1]), target, dtype=np.intp, casting="unsafe")
         return -np.add.reduce(logp.reshape(-1)[labelled]) / len(logits), (logp, labelled)
     # 0 * log(0) counts as 0, so a class the target rules out may have a logit of -inf.
     weighted = np.multiply(target, logp, where=target != 0,

@@ -52,6 +52,19 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n():
     np.testing.assert_allclose(x.grad, (p - one_hot(labels, 3)) / 5, atol=1e-15)
 
 
+@pytest.mark.parametrize("loss", [F.cross_entropy, lambda x, y: F.nll_loss(mt.log_softmax(x, axis=-1), y)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int32, np.uint32, np.uint64])
+def test_labels_of_every_integer_dtype_give_the_same_loss_and_gradient(loss, dtype):
+    rng = np.random.default_rng(2)
+    logits, labels = rng.normal(size=(6, 4)), np.array([0, 3, 1, 2, 3, 0])
+    a, b = mt.Tensor(logits, requires_grad=True), mt.Tensor(logits, requires_grad=True)
+    expected, got = loss(a, labels), loss(b, labels.astype(dtype))
+    expected.backward()
+    got.backward()
+    assert got.item() == expected.item()
+    np.testing.assert_array_equal(b.grad, a.grad)
+
+
 def test_cross_entropy_stays_finite_for_huge_logits():
     loss = F.cross_entropy(mt.Tensor([[1e4, 0.0], [0.0, 1e4]]), np.array([1, 1]))
     assert np.isclose(loss.item(), 5e3)
