@@ -27,8 +27,11 @@ def _check_not_empty(x: Any, where: str, what: str) -> None:
                          f"examples is undefined (check how the batch was sliced)")
 
 
-def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> np.ndarray:
-    """``y`` as int labels (N,) or rows of class probabilities (N, C), checked against (N, C)."""
+def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> Any:
+    """``y`` as int labels (N,) or rows of class probabilities (N, C), checked against (N, C).
+
+    Probability rows that require grad stay a Tensor, so the loss differentiates them too.
+    """
     _check_not_empty(inputs, where, what)
     target = _array(y)
     shape = inputs.shape
@@ -40,13 +43,16 @@ def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> np.ndarray:
     if len(shape) != 2 or target.shape != shape or target.dtype.kind not in "fiub":
         raise ValueError(f"{where}: targets of shape {target.shape} and dtype {target.dtype} do not "
                          f"match {what} of shape {shape}; pass int labels (N,) or one-hot (N, C)")
+    if isinstance(y, mt.Tensor) and y.requires_grad:
+        return y if y.dtype == inputs.dtype else y.astype(inputs.dtype)
     return target.astype(inputs.dtype, copy=False)
 
 
 def nll_loss(logp: Any, y: Any) -> mt.Tensor:
     """Mean negative log-likelihood of log-probabilities ``logp`` (N, C).
 
-    ``y`` is int labels of shape (N,) or one-hot / probability rows of shape (N, C).
+    ``y`` is int labels of shape (N,) or one-hot / probability rows of shape (N, C);
+    rows given as a Tensor that requires grad get the gradient ``-logp / N``.
 
     >>> logp = mt.Tensor(np.log([[0.5, 0.5], [0.25, 0.75]]))
     >>> round(nll_loss(logp, [0, 1]).item(), 4)
@@ -59,6 +65,8 @@ def nll_loss(logp: Any, y: Any) -> mt.Tensor:
         if wrong.size:  # a negative label would silently index from the end
             raise IndexError(f"nll_loss: labels must be in [0, {logp.shape[1]}), got {wrong[0]}")
         return -logp[np.arange(target.shape[0]), target].mean()
+    if isinstance(target, mt.Tensor):  # a learned target: d/dtarget is -logp / N in every class
+        return -(logp * target).sum() / logp.shape[0]
     # Only the classes the target weighs: 0 * log(0) counts as 0, not nan, for ruled-out classes.
     weighed = np.nonzero(target)
     return -(logp[weighed] * target[weighed]).sum() / logp.shape[0]
@@ -69,7 +77,8 @@ def cross_entropy(logits: Any, y: Any) -> mt.Tensor:
 
     Equal to ``nll_loss(log_softmax(logits), y)`` and stable for large logits; recorded as
     one fused op, whose backward is ``(softmax(logits) - one_hot(y)) / N``. Labels outside
-    ``[0, C)`` are an IndexError, raised by that op.
+    ``[0, C)`` are an IndexError, raised by that op. Probability rows given as a Tensor that
+    requires grad get the gradient ``-log_softmax(logits) / N``, as in PyTorch.
 
     >>> round(cross_entropy(np.zeros((3, 4)), np.array([0, 1, 2])).item(), 4)  # log(4)
     1.3863

@@ -100,6 +100,37 @@ def test_nll_loss_matches_torch():
     assert abs(F.nll_loss(mt.Tensor(logp), labels).item() - expected) < 1e-12
 
 
+@pytest.mark.parametrize("loss", [F.cross_entropy, lambda x, t: F.nll_loss(mt.log_softmax(x, axis=-1), t)])
+def test_probability_targets_that_require_grad_are_differentiated_too(loss):
+    rng = np.random.default_rng(5)
+    logits = mt.Tensor(rng.normal(size=(4, 3)), requires_grad=True)
+    target = mt.Tensor(rng.dirichlet(np.ones(3), size=4), requires_grad=True)
+    assert mt.gradcheck(loss, [logits, target])
+    loss(logits, target).backward()
+    logp = logits.data - np.log(np.exp(logits.data).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(target.grad, -logp / 4, rtol=1e-12)
+
+
+def test_a_float32_target_that_requires_grad_gets_a_float32_gradient_through_float64_logits():
+    logits = mt.Tensor(np.zeros((2, 2)), requires_grad=True)
+    target = mt.Tensor(np.full((2, 2), 0.5, np.float32), requires_grad=True)
+    F.cross_entropy(logits, target).backward()
+    assert target.grad.dtype == np.float32
+    np.testing.assert_allclose(target.grad, np.log(2) / 2, rtol=1e-6)
+
+
+@requires_torch
+def test_cross_entropy_differentiates_probability_targets_as_torch_does():
+    rng = np.random.default_rng(6)
+    logits, probabilities = rng.normal(scale=2, size=(5, 4)), rng.dirichlet(np.ones(4), size=5)
+    x, t = mt.Tensor(logits, requires_grad=True), mt.Tensor(probabilities, requires_grad=True)
+    F.cross_entropy(x, t).backward()
+    tx, tt = torch.tensor(logits, requires_grad=True), torch.tensor(probabilities, requires_grad=True)
+    torch.nn.functional.cross_entropy(tx, tt).backward()
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(t.grad, tt.grad.numpy(), atol=1e-12)
+
+
 def test_cross_entropy_keeps_float32_logits_in_float32():
     loss = F.cross_entropy(mt.Tensor(np.zeros((2, 3), np.float32)), np.eye(3)[[0, 1]])
     assert loss.dtype == np.float32
