@@ -152,7 +152,8 @@ class Standardizer:
     Fit it on the training rows only, then transform every split with the same numbers.
     Each feature gets its own mean and deviation; with ``per_feature=False`` all share
     one (for pixels, which share a unit and where rarely-lit pixels should not be blown
-    up). Constant features (standard deviation 0) are only shifted.
+    up). Constant features (standard deviation 0) are only shifted. Fitting on nan or inf
+    is an error that says where the first one is.
 
     >>> scaler = Standardizer().fit(np.array([[0.0, 5.0], [2.0, 5.0]]))
     >>> scaler.transform(np.array([[1.0, 5.0], [3.0, 6.0]]))
@@ -171,6 +172,11 @@ class Standardizer:
         if X.ndim != 2 or len(X) == 0:
             raise ValueError(f"Standardizer.fit: expected a non-empty 2-D array (rows, features), got "
                              f"shape {X.shape}")
+        bad = ~np.isfinite(X)
+        if bad.any():  # a nan or inf would turn the mean, and every row transformed, into nan
+            row, column = np.argwhere(bad)[0]
+            raise ValueError(f"Standardizer.fit: X holds {bad.sum()} non-finite values, the first "
+                             f"{X[row, column]} at row {row}, feature {column}; drop or fill them first")
         axis = 0 if self.per_feature else None
         self.mean = np.broadcast_to(X.mean(axis=axis), X.shape[1:]).copy()
         std = np.broadcast_to(X.std(axis=axis), X.shape[1:])

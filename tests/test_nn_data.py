@@ -149,6 +149,17 @@ def test_transform_of_a_different_feature_count_is_an_error():
         data.Standardizer().fit(np.zeros((2, 2))).transform(np.zeros((2, 3)))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_fitting_on_non_finite_values_is_an_error_that_says_where_and_fits_nothing(value):
+    X = np.ones((4, 3))
+    X[2, 1] = value
+    X[3, 0] = value
+    scaler = data.Standardizer()
+    with pytest.raises(ValueError, match=rf"2 non-finite values, the first {value} at row 2, feature 1"):
+        scaler.fit(X)
+    assert scaler.mean is None and scaler.scale is None
+
+
 # -- datasets ----------------------------------------------------------------------------------------
 def test_make_blobs_defaults_to_the_notebooks_two_dimensional_two_classes():
     X, y = data.make_blobs()
