@@ -125,20 +125,43 @@ def _optimizer_for(model: Module, optimizer: Optimizer | None, lr: float | None)
     return optimizer
 
 
+class _Diverged(Exception):
+    """Training stopped being finite: a batch's loss (caught before its step), or a weight."""
+
+
+def _snapshot(model: Module, optimizer: Optimizer) -> Callable[[], None]:
+    """A function that puts the model's parameters and the optimizer's buffers back as they are now."""
+    weights = model.state_dict()
+    buffers = {p: {key: np.copy(value) if isinstance(value, np.ndarray) else value
+                   for key, value in state.items()} for p, state in optimizer.state.items()}
+
+    def restore() -> None:
+        model.load_state_dict(weights)
+        optimizer.state.clear()
+        optimizer.state.update(buffers)
+
+    return restore
+
+
 def _train_epoch(model: Module, loader: DataLoader, optimizer: Optimizer, loss: Loss,
                  classifying: bool) -> tuple[float, float]:
     """One pass over the loader; returns the mean training loss and accuracy."""
     model.train()
     total_loss, correct = 0.0, 0
-    for Xb, yb in loader:
+    for batch, (Xb, yb) in enumerate(loader, 1):
         optimizer.zero_grad()
         out = model(Xb)
         batch_loss = loss(out, yb)
+        value = batch_loss.item()
+        if not math.isfinite(value):
+            raise _Diverged(f"the training loss became {value} in batch {batch}")
         batch_loss.backward()
         optimizer.step()
-        total_loss += batch_loss.item() * len(Xb)
+        total_loss += value * len(Xb)
         if classifying:
             correct += int(np.sum(out.data.argmax(axis=-1) == class_labels(yb)))
+    if not all(np.isfinite(p.data).all() for p in model.parameters()):  # the last step, which no loss saw
+        raise _Diverged("a weight became nan or inf while every batch loss was finite")
     n = len(loader.X)
     return total_loss / n, correct / n
 
@@ -164,7 +187,9 @@ def fit(
     ``optimizer`` defaults to ``SGD(model.parameters(), lr=lr)`` (lr 0.1 when not given); ``scheduler``
     steps once per epoch; ``seed`` fixes the shuffling. ``progress=True`` prints one line
     per epoch, ``False`` nothing, ``None`` (default) only once a run has lasted 5 s.
-    A loss that becomes nan or inf stops training with a FloatingPointError.
+    A batch loss or a weight that becomes nan or inf stops training with a
+    FloatingPointError, and puts the model's parameters and the optimizer's state back as
+    they were at the start of that epoch, so a retry with a smaller rate can start there.
 
     >>> import nn
     >>> X, y = nn.data.make_blobs(n_per_class=40, seed=1)
@@ -182,10 +207,15 @@ def fit(
     history, start = History(), time.perf_counter()
     for epoch in range(epochs):
         history.lr.append(optimizer.param_groups[0]["lr"])
-        train_loss, train_accuracy = _train_epoch(model, loader, optimizer, loss, classifying)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"fit: the training loss became {train_loss} in epoch {epoch + 1}; "
-                                     f"try a smaller learning rate (now {history.lr[-1]})")
+        restore = _snapshot(model, optimizer)
+        try:
+            train_loss, train_accuracy = _train_epoch(model, loader, optimizer, loss, classifying)
+        except _Diverged as diverged:
+            restore()  # so a retry with a smaller learning rate starts from finite weights
+            raise FloatingPointError(
+                f"fit: in epoch {epoch + 1}, {diverged}; the model and the optimizer's state are back "
+                f"as they were at the start of that epoch. Try a smaller learning rate (now "
+                f"{history.lr[-1]})") from None
         history.loss.append(train_loss)
         if classifying:
             history.accuracy.append(train_accuracy)

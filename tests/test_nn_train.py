@@ -131,8 +131,41 @@ def test_fit_shows_progress_by_default_once_a_run_is_long(capsys, monkeypatch):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings on the way to nan
 def test_fit_stops_with_a_clear_error_when_the_loss_diverges():
     X = np.full((8, 2), 1e30, dtype=np.float32)
-    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) in epoch \d; try a smaller"):
-        nn.fit(nn.TwoLayerNet(2, 4, 2, seed=0), X, np.arange(8) % 2, epochs=2, lr=1e10, progress=False)
+    model = nn.TwoLayerNet(2, 4, 2, seed=0)
+    before = model.state_dict()
+    with pytest.raises(FloatingPointError, match=r"in epoch 1, a weight became nan or inf while every "
+                                                 r"batch loss was finite; the model and the optimizer's "
+                                                 r"state are back .* Try a smaller"):
+        nn.fit(model, X, np.arange(8) % 2, epochs=2, lr=1e10, progress=False)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_a_fit_that_diverges_in_a_later_epoch_leaves_what_the_epoch_before_left():
+    (X, y), _ = _blobs()
+    X, y = X[:8], y[:8]  # two batches of 4 an epoch
+    calls = []
+
+    def nan_on_the_third_batch(out, target):  # epoch 2, batch 1
+        calls.append(1)
+        return F.cross_entropy(out, target) * (np.nan if len(calls) == 3 else 1.0)
+
+    runs = []
+    for loss, epochs in [(F.cross_entropy, 1), (nan_on_the_third_batch, 3)]:
+        model = nn.TwoLayerNet(2, 4, 2, seed=0)
+        opt = nn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        runs.append((model, opt))
+        try:
+            nn.fit(model, X, y, epochs=epochs, batch_size=4, optimizer=opt, loss=loss, seed=0, progress=False)
+        except FloatingPointError as err:
+            assert "in epoch 2, the training loss became nan in batch 1;" in str(err)
+    (one_epoch, its_optimizer), (diverged, restored_optimizer) = runs
+    assert len(calls) == 3
+    for name, value in diverged.state_dict().items():
+        np.testing.assert_array_equal(value, one_epoch.state_dict()[name])
+    for p, q in zip(diverged.parameters(), one_epoch.parameters()):
+        np.testing.assert_array_equal(restored_optimizer.state[p]["momentum_buffer"],
+                                      its_optimizer.state[q]["momentum_buffer"])
 
 
 def test_fit_refuses_both_an_optimizer_and_lr():
