@@ -17,7 +17,7 @@ from microtensor.autograd import (
     scope,
     tape,
 )
-from microtensor.check import GradReport, check_manual, compare_grads, gradcheck, numerical_grad
+from microtensor.check import GradReport, RowReport, check_manual, compare_grads, gradcheck, numerical_grad
 from microtensor.graph import draw_graph, render_graph, to_dot
 from microtensor.ops import (
     add,
@@ -49,7 +49,7 @@ __all__ = [
     "detect_anomaly", "AnomalyError",
     "add", "sub", "mul", "div", "pow", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log", "linear",
     "log_softmax", "softmax", "softmax_cross_entropy", "sum", "mean", "max", "reshape", "transpose",
-    "numerical_grad", "gradcheck", "compare_grads", "check_manual", "GradReport",
+    "numerical_grad", "gradcheck", "compare_grads", "check_manual", "GradReport", "RowReport",
     "to_dot", "draw_graph", "render_graph",
 ]
 __version__ = "0.1.0"

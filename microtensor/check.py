@@ -59,7 +59,35 @@ class ContractCheck:
     detail: str = ""
 
 
-class GradReport:
+class RowReport:
+    """Named rows, each with an ``ok``: truthy only when every row is; ``report[name]`` is a row.
+
+    The base of :class:`GradReport` and of ``nn.manual.ManualReport``.
+
+    >>> report = compare_grads({"b": np.ones(3)}, {"b": np.ones(3)})
+    >>> bool(report), report["b"].ok
+    (True, True)
+    """
+
+    rows: list[Any]
+    row_kind = "row"  # what a row stands for, in the error for a name that is not there
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __getitem__(self, name: str) -> Any:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"{type(self).__name__}: no {self.row_kind} named {name!r}; "
+                       f"{self.row_kind}s: {[row.name for row in self.rows]}")
+
+
+class GradReport(RowReport):
     """Gradients compared row by row; truthy only when every row (and contract check) is ok.
 
     >>> report = compare_grads({"b": np.ones(3)}, {"b": -np.ones(3)})
@@ -79,16 +107,7 @@ class GradReport:
 
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows) and all(check.ok for check in self.checks)
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __getitem__(self, name: str) -> GradRow:
-        for row in self.rows:
-            if row.name == name:
-                return row
-        raise KeyError(f"GradReport: no row named {name!r}; rows: {[r.name for r in self.rows]}")
+        return super().ok and all(check.ok for check in self.checks)
 
     def __repr__(self) -> str:
         return f"<GradReport {self.title}: {self._summary()}>"

@@ -221,13 +221,15 @@ _VERDICTS = {
 }
 
 
-class ManualReport:
+class ManualReport(mt.RowReport):
     """Tape against manual formulas against finite differences; truthy only when all three agree.
 
     The three pairwise :class:`~microtensor.GradReport` s are kept as ``tape_vs_manual``,
     ``tape_vs_numerical`` and ``manual_vs_numerical``. Rows are in backward order (the last
     layer first); ``first_wrong`` is the first parameter where anything disagrees.
     """
+
+    row_kind = "parameter"
 
     def __init__(self, title: str, reports: tuple[mt.GradReport, mt.GradReport, mt.GradReport],
                  note: str) -> None:
@@ -245,19 +247,6 @@ class ManualReport:
             diagnosis = f"the manual gradient {pairs[0].diagnosis}"
         return ManualRow(name, pairs[0].shape, *(p.max_rel_err for p in pairs), verdict == "ok", verdict,
                          diagnosis)
-
-    @property
-    def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __getitem__(self, name: str) -> ManualRow:
-        for row in self.rows:
-            if row.name == name:
-                return row
-        raise KeyError(f"ManualReport: no parameter named {name!r}")
 
     def __str__(self) -> str:
         wrong = sum(not row.ok for row in self.rows)

@@ -343,3 +343,13 @@ def test_two_agreeing_pairs_and_one_just_outside_the_tolerance_are_called_border
                                           compare(numerical, manual)), "")
     assert not report and report["w"].verdict == "borderline"
     assert "near rtol" in report["w"].diagnosis
+
+
+def test_a_report_row_is_found_by_parameter_name_and_a_missing_name_lists_the_others(rng):
+    model = nn.TwoLayerNet(3, 4, 2, seed=0, dtype=np.float64)
+    report = nn.manual.check(model, rng.standard_normal((5, 3)), np.array([0, 1, 1, 0, 1]))
+    assert isinstance(report, mt.RowReport) and report
+    assert report["fc1.weight"].shape == (3, 4) and report["fc1.weight"].verdict == "ok"
+    with pytest.raises(KeyError, match=r"ManualReport: no parameter named 'fc3.weight'; parameters: "
+                                       r"\['fc2.bias', 'fc2.weight', 'fc1.bias', 'fc1.weight'\]"):
+        report["fc3.weight"]
