@@ -13,9 +13,10 @@ array([ 0.8, -1.6])
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -43,27 +44,42 @@ def _work_buffer(state: State, param: np.ndarray) -> np.ndarray:
     return work
 
 
-# A block of this many bytes, scaled into scratch, is still in cache when it is subtracted.
-_BLOCK_BYTES = 1 << 18
+# OpenBLAS runs an axpy of more than 10,000 elements on its threads. SciPy's OpenBLAS is not
+# NumPy's, so those threads then spin against NumPy's own in the next product (W3 ran 16x
+# slower with two threads); chunks of this size keep each axpy on the calling thread.
+_AXPY_CHUNK = 8192
 
 
-def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, work: np.ndarray) -> None:
-    """``param -= scale * step`` in place, a block of rows at a time through the start of ``work``.
+@functools.cache
+def _axpy(dtype_char: str) -> Callable[..., np.ndarray] | None:
+    """BLAS's ``axpy`` (``y += a * x`` in place, in one pass) for float64 and float32, else None."""
+    name = {"d": "daxpy", "f": "saxpy"}.get(dtype_char)
+    if name is None:
+        return None
+    from scipy.linalg import blas  # imported at the first step, so that importing nn stays quick
 
-    On a large layer a whole-array ``scale * step`` is written out to memory and read back;
-    block by block it never leaves the cache, which saves a third of the update's memory
-    traffic. The result is the same, rounding included.
+    return getattr(blas, name)
 
-    >>> p = np.ones((4, 2)); _subtract_scaled(p, np.full((4, 2), 2.0), 0.25, np.empty((4, 2))); p[0]
+
+def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: State) -> None:
+    """``param -= scale * step`` in place.
+
+    One BLAS ``axpy`` when both are float32 or float64 and ``param`` is contiguous: a single
+    pass over the arrays, two to three times as fast as NumPy's ``scale * step`` followed by
+    the subtraction, which is what other layouts and dtypes get (through a scratch array).
+
+    >>> p = np.ones(2); _subtract_scaled(p, np.full(2, 2.0), 0.25, {}); p
     array([0.5, 0.5])
     """
-    if param.ndim == 0 or param.nbytes <= _BLOCK_BYTES:
-        param -= np.multiply(step, scale, out=work)
+    axpy = _axpy(param.dtype.char) if step.dtype == param.dtype else None
+    if axpy is not None and not param.flags.c_contiguous and param.flags.f_contiguous:
+        param, step = param.T, step.T  # the same update, on views in C order
+    if axpy is None or not param.flags.c_contiguous:
+        param -= np.multiply(step, scale, out=_work_buffer(state, param))
         return
-    rows = max(1, _BLOCK_BYTES * len(param) // param.nbytes)
-    for start in range(0, len(param), rows):
-        block = step[start:start + rows]
-        param[start:start + rows] -= np.multiply(block, scale, out=work[:len(block)])
+    x, y = step.ravel(), param.ravel()  # y is a view; x is one too unless step has another layout
+    for start in range(0, y.size, _AXPY_CHUNK):
+        axpy(x, y, min(_AXPY_CHUNK, y.size - start), -scale, start, 1, start, 1)  # n, a, offsets, steps
 
 
 def _check_gradient(where: str, param: mt.Tensor) -> None:
@@ -186,8 +202,8 @@ class SGD(Optimizer):
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
         momentum, weight_decay = group["momentum"], group["weight_decay"]
-        work = _work_buffer(state, param)
         if weight_decay:
+            work = _work_buffer(state, param)
             np.multiply(param, weight_decay, out=work)
             grad = np.add(work, grad, out=work)
         if momentum:
@@ -198,7 +214,7 @@ class SGD(Optimizer):
                 buf *= momentum
                 buf += (1 - group["dampening"]) * grad if group["dampening"] else grad
             grad = grad + momentum * buf if group["nesterov"] else buf
-        _subtract_scaled(param, grad, group["lr"], work)
+        _subtract_scaled(param, grad, group["lr"], state)
 
 
 class Adam(Optimizer):

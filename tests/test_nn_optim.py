@@ -89,25 +89,38 @@ def test_one_sgd_step_is_w_minus_lr_times_grad_plus_weight_decay():
     np.testing.assert_allclose(w.data, [1.0 - 0.1 * (3.0 + 0.5), -2.0 - 0.1 * (4.0 - 1.0)])
 
 
-LARGE_LAYOUTS = {  # larger than one block of the update, in the layouts a parameter's array may have
-    "rows": lambda rng: rng.standard_normal((700, 130)),
-    "one long row": lambda rng: rng.standard_normal((1, 70_001)),
-    "vector": lambda rng: rng.standard_normal(70_001),
-    "Fortran order": lambda rng: np.asfortranarray(rng.standard_normal((300, 257))),
-    "strided view": lambda rng: rng.standard_normal((600, 260))[::2, ::2],
-    "float32": lambda rng: rng.standard_normal((900, 100)).astype(np.float32),
+LAYOUTS = {  # the arrays a parameter may hold; BLAS updates the contiguous float32 and float64 ones
+    "rows": (lambda rng: rng.standard_normal((700, 130)), True),
+    "one long row": (lambda rng: rng.standard_normal((1, 70_001)), True),
+    "vector": (lambda rng: rng.standard_normal(70_001), True),
+    "scalar": (lambda rng: rng.standard_normal(()), True),
+    "Fortran order": (lambda rng: np.asfortranarray(rng.standard_normal((300, 257))), True),
+    "float32": (lambda rng: rng.standard_normal((900, 100)).astype(np.float32), True),
+    "strided view": (lambda rng: rng.standard_normal((600, 260))[::2, ::2], False),
+    "float16": (lambda rng: rng.standard_normal((30, 20)).astype(np.float16), False),
+    "longdouble": (lambda rng: rng.standard_normal((30, 20)).astype(np.longdouble), False),
+    "empty": (lambda rng: np.zeros((0, 3)), False),
 }
 
 
-@pytest.mark.parametrize("layout", LARGE_LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.3}, {"momentum": 0.9, "nesterov": True}])
-def test_sgd_steps_on_large_parameters_equal_the_formula_bit_for_bit(layout, settings):
+def test_sgd_steps_on_every_layout_equal_the_formula_in_place(layout, settings, monkeypatch):
+    blas_calls = []
+    blas_axpy = nn.optim._axpy
+
+    def counted(dtype_char):
+        axpy = blas_axpy(dtype_char)
+        return axpy and (lambda *args, **kwargs: blas_calls.append(1) or axpy(*args, **kwargs))
+
+    monkeypatch.setattr(nn.optim, "_axpy", counted)
     rng = np.random.default_rng(1)
-    data = LARGE_LAYOUTS[layout](rng)
+    make, through_blas = LAYOUTS[layout]
+    data = make(rng)
     w = mt.Tensor(data, requires_grad=True)
     w.data = data  # the very array, in its layout, as an optimizer sees a user's parameter
     grad = rng.standard_normal(data.shape).astype(data.dtype)
-    expected, buf = data.copy(), None
+    expected, buf = data.astype(np.result_type(data, np.float64)), None  # longdouble stays longdouble
     opt = SGD([w], lr=0.01, **settings)
     for _ in range(2):
         w.grad = grad.copy()
@@ -117,8 +130,11 @@ def test_sgd_steps_on_large_parameters_equal_the_formula_bit_for_bit(layout, set
             buf = step.copy() if buf is None else 0.9 * buf + step
             step = step + 0.9 * buf
         expected -= 0.01 * step
-    assert w.data is data
-    np.testing.assert_array_equal(data, expected)
+    chunks = -(-data.size // nn.optim._AXPY_CHUNK)  # BLAS gets a long array in chunks, each on one thread
+    assert w.data is data and len(blas_calls) == (2 * chunks if through_blas else 0)
+    # BLAS rounds once where the formula rounds twice: a few roundings of the dtype apart
+    tolerance = 8 * np.finfo(data.dtype).eps * max(1.0, float(np.abs(expected).max(initial=0)))
+    np.testing.assert_allclose(data, expected, rtol=0, atol=tolerance)
     np.testing.assert_array_equal(w.grad, grad)
 
 
