@@ -81,6 +81,7 @@ def run(workloads: Sequence[Workload] = WORKLOADS, dtypes: Sequence[str] = ("flo
     ``pin`` sets this process's allocator with :func:`pin_allocator` first.
     """
     ready, skipped = resolve(implementations)
+    import scipy.linalg.blas  # noqa: F401  SGD's BLAS, loaded before the threads are set so they cover it
     if pin:
         pin_allocator()
     settings = {"rounds": rounds, "block_seconds": block_seconds, "allocator": allocator()}

@@ -73,13 +73,24 @@ def allocator() -> str:
     return _allocator
 
 
+def _owner(library: str) -> str:
+    """Which package ships a thread pool's library: numpy and scipy each bring their own OpenBLAS.
+
+    >>> _owner("/site-packages/scipy.libs/libscipy_openblas.so"), _owner("/x/torch/lib/libgomp.so.1")
+    ('scipy', 'torch')
+    """
+    folder = Path(library).parent
+    return folder.parent.name if folder.name == "lib" else folder.name.removesuffix(".libs")
+
+
 def _threads_in_effect() -> dict[str, Any]:
     torch = sys.modules.get("torch")
     found: dict[str, Any] = {"torch": None if torch is None else torch.get_num_threads()}
     try:
         from threadpoolctl import threadpool_info
 
-        found["pools"] = {f"{p['internal_api']} ({p['prefix']})": p["num_threads"] for p in threadpool_info()}
+        found["pools"] = {f"{p['internal_api']} ({_owner(p['filepath'])})": p["num_threads"]
+                          for p in threadpool_info()}
     except ImportError:
         found["pools"] = {v: os.environ.get(v, "unset") for v in THREAD_VARIABLES}
     return found
@@ -102,16 +113,18 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _numpy_blas() -> str:
+def _blas(package: str) -> str:
+    """The BLAS library ``package`` (numpy, or scipy for SGD's ``axpy``) loaded, with its version."""
     try:
         from threadpoolctl import threadpool_info
 
         for pool in threadpool_info():
-            if pool["user_api"] == "blas" and "numpy" in pool["filepath"]:
+            if pool["user_api"] == "blas" and f"{package}." in pool["filepath"]:
                 return f"{pool['internal_api']} {pool['version']} ({pool['architecture']})"
     except ImportError:
         pass
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    config = importlib.import_module(package).show_config(mode="dicts")
+    blas = config["Build Dependencies"]["blas"]
     return f"{blas.get('name')} {blas.get('version')}"
 
 
@@ -127,7 +140,9 @@ def machine() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "numpy BLAS": _numpy_blas(),
+        "numpy BLAS": _blas("numpy"),
+        "scipy": _version("scipy"),
+        "scipy BLAS": _blas("scipy"),
         "torch": _version("torch"),
         "scikit-learn": _version("scikit-learn"),
     }
