@@ -64,7 +64,7 @@ def _axpy(dtype_char: str) -> Callable[..., np.ndarray] | None:
 def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: State) -> None:
     """``param -= scale * step`` in place.
 
-    One BLAS ``axpy`` when both are float32 or float64 and ``param`` is contiguous: a single
+    BLAS's ``axpy`` when both are float32 or float64 and ``param`` is contiguous: a single
     pass over the arrays, two to three times as fast as NumPy's ``scale * step`` followed by
     the subtraction, which is what other layouts and dtypes get (through a scratch array).
 
