@@ -74,8 +74,10 @@ def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: S
     axpy = _axpy(param.dtype.char) if step.dtype == param.dtype else None
     if axpy is not None and not param.flags.c_contiguous and param.flags.f_contiguous:
         param, step = param.T, step.T  # the same update, on views in C order
-    if axpy is None or not param.flags.c_contiguous:
-        param -= np.multiply(step, scale, out=_work_buffer(state, param))
+    # BLAS skips the whole update when scale is 0, where IEEE (and PyTorch) make 0 * inf nan.
+    if axpy is None or not param.flags.c_contiguous or scale == 0:
+        with np.errstate(all="ignore"):  # quiet about inf and nan, as BLAS and backward are
+            param -= np.multiply(step, scale, out=_work_buffer(state, param))
         return
     x, y = step.ravel(), param.ravel()  # y is a view; x is one too unless step has another layout
     for start in range(0, y.size, _AXPY_CHUNK):

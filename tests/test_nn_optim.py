@@ -138,6 +138,18 @@ def test_sgd_steps_on_every_layout_equal_the_formula_in_place(layout, settings, 
     np.testing.assert_array_equal(w.grad, grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lr", [0.0, 0.1])
+@pytest.mark.filterwarnings("error")
+def test_non_finite_gradients_reach_the_weights_as_ieee_arithmetic_says_even_at_lr_0(dtype, lr):
+    w = mt.Tensor(np.ones(4, dtype), requires_grad=True)
+    w.grad = np.array([np.inf, -np.inf, np.nan, 1.0], dtype)
+    SGD([w], lr=lr).step()  # and quietly: no RuntimeWarning
+    with np.errstate(invalid="ignore"):
+        expected = np.ones(4, dtype) - dtype(lr) * w.grad  # 0 * inf is nan, as in PyTorch
+    np.testing.assert_array_equal(w.data, expected)
+
+
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: Adam(p, lr=0.1)])
 @pytest.mark.parametrize("bad, got", [(np.ones(2), "shape (2,)"), (np.ones((3, 3)), "shape (3, 3)"),
                                       ([1.0, 1.0], "a list"), (0.5, "a float")])
