@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from microtensor.autograd import grad, no_grad, recorded_nodes, tape, unbroadcast
-from microtensor.diagnosis import Context, Evidence, Step, diagnose
+from microtensor.diagnosis import Context, Evidence, Step, diagnose, logit_mistakes
 from microtensor.tensor import Tensor
 
 
@@ -583,10 +583,33 @@ class _Graph:
         grads = dict(zip(map(id, wanted),
                          grad(self.output, wanted, grad_outputs=upstream, retain_graph=True)))
         values = {self.labels[key]: t.data for key, t in self.tensors.items() if t.dtype.kind == "f"}
+        carried = self.carried_mistakes(tensors, upstream)
         contexts = {id(t): Context(label=self.labels[id(t)], value=t.data, is_parameter=t.is_leaf,
                                    producer=None if t.is_leaf else self.step(t), uses=self.uses(t, grads),
-                                   batch_size=self.batch_size, tensors=values) for t in tensors}
+                                   batch_size=self.batch_size, tensors=values,
+                                   downstream=tuple(carried[id(t)])) for t in tensors}
         return grads, contexts
+
+    def carried_mistakes(self, tensors: Sequence[Tensor], upstream: Any) -> dict[int, list]:
+        """For each of ``tensors`` before a softmax loss, the error each classic mistake in the
+        gradient at its logits carries back into the tensor's gradient. Backprop is linear in
+        that gradient, so the tape carries a mistake back exactly as hand-written steps do."""
+        carried: dict[int, list] = {id(t): [] for t in tensors}
+        for loss in self.tensors.values():
+            if loss._node is None or loss._node.op.name not in ("softmax_cross_entropy", "log_softmax"):
+                continue
+            logits = loss._node.inputs[0]
+            upstream_of_logits = self.ancestors(logits) if isinstance(logits, Tensor) else set()
+            before = [t for t in tensors if id(t) in upstream_of_logits]
+            if not before:
+                continue
+            (g,) = grad(self.output, [loss], grad_outputs=upstream, retain_graph=True)
+            for mistake, error in logit_mistakes(dataclasses.replace(self.step(loss), grad_output=g)):
+                errors = grad(logits, before, grad_outputs=error, retain_graph=True)
+                for t, e in zip(before, errors):
+                    if e is not None:
+                        carried[id(t)].append((f"the gradient at {self.labels[id(logits)]} {mistake}", e))
+        return carried
 
     def ancestors(self, t: Tensor) -> set[int]:
         seen: set[int] = set()

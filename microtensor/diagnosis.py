@@ -47,7 +47,8 @@ class Context:
     ``value`` is its forward value; ``is_parameter`` marks a weight or bias, for the L2
     hypotheses; ``producer`` and ``uses`` are the ops around it on the tape; ``batch_size``
     names the factor N; ``tensors`` are other forward values by label, for a ReLU mask taken
-    from the wrong tensor.
+    from the wrong tensor. ``downstream`` pairs a mistake at a later step (one sentence) with
+    the error it would carry back into this tensor's gradient.
     """
 
     label: str = "this tensor"
@@ -57,6 +58,7 @@ class Context:
     uses: tuple[Step, ...] = ()
     batch_size: int | None = None
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    downstream: tuple[tuple[str, np.ndarray], ...] = ()
 
 
 class Evidence:
@@ -342,13 +344,21 @@ def derivative_from_wrong_tensor(ev: Evidence) -> str | None:
     return None
 
 
+def log_softmax_mistakes(use: Step) -> list[tuple[str, np.ndarray]]:
+    """The two classic mistakes in the gradient of a log-softmax at its input, each with what it
+    adds to the right gradient ``g - softmax(x) * g.sum(axis)``."""
+    g = use.grad_output
+    softmax_term = np.exp(use.output) * g.sum(axis=use.params.get("axis", -1), keepdims=True)
+    return [(_MISSING_DERIVATIVE["log_softmax"].format(x=use.labels[0]), softmax_term),
+            ("misses the g term of the log-softmax gradient g - softmax(x) * g.sum(axis); for "
+             "cross-entropy: the - y of (probs - y) / N", -g)]
+
+
 def log_softmax_without_g(ev: Evidence) -> str | None:
     for use in ev.uses("log_softmax"):
-        axis = use.params.get("axis", -1)
-        softmax_term = np.exp(use.output) * use.grad_output.sum(axis=axis, keepdims=True)
-        if ev.fits(use.rest - softmax_term):
-            return ("misses the g term of the log-softmax gradient g - softmax(x) * g.sum(axis); "
-                    "for cross-entropy: the - y of (probs - y) / N")
+        mistake, error = log_softmax_mistakes(use)[1]
+        if ev.fits(ev.expected + error):
+            return mistake
     return None
 
 
@@ -364,20 +374,43 @@ def matmul_without_transpose(ev: Evidence) -> str | None:
     return None
 
 
+def cross_entropy_mistakes(logits: np.ndarray, target: np.ndarray, g: Any) -> list[tuple[str, np.ndarray]]:
+    """The two classic mistakes in the gradient of a mean cross-entropy at its logits, each with
+    what it adds to the right gradient ``(probs - y) * g / N``."""
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    y = np.eye(logits.shape[1])[target] if target.ndim == 1 else target
+    scale = g / len(logits)
+    return [("misses the softmax * sum(g) term: the gradient of the mean cross-entropy with respect "
+             "to the logits is (probs - y) / N, not -y / N", -probs * scale),
+            ("misses the - y of (probs - y) / N: the labels were never subtracted from probs", y * scale)]
+
+
+def logit_mistakes(step: Step) -> list[tuple[str, np.ndarray]]:
+    """What the classic mistakes at the logits of a softmax loss (``step``: a fused cross-entropy
+    or a log-softmax, with its ``grad_output``) add to the right gradient of its first input."""
+    if step.op == "softmax_cross_entropy":
+        return cross_entropy_mistakes(*step.inputs, step.grad_output)
+    if step.op == "log_softmax":
+        return log_softmax_mistakes(step)
+    return []
+
+
 def cross_entropy_missing_term(ev: Evidence) -> str | None:
     for use in ev.uses("softmax_cross_entropy"):
-        logits, target = use.inputs
         if use.index != 0:
             continue
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        y = np.eye(logits.shape[1])[target] if target.ndim == 1 else target
-        scale = use.grad_output / len(logits)
-        if ev.fits(use.rest - y * scale):
-            return ("misses the softmax * sum(g) term: the gradient of the mean cross-entropy "
-                    "with respect to the logits is (probs - y) / N, not -y / N")
-        if ev.fits(use.rest + probs * scale):
-            return "misses the - y of (probs - y) / N: the labels were never subtracted from probs"
+        for mistake, error in cross_entropy_mistakes(*use.inputs, use.grad_output):
+            if ev.fits(ev.expected + error):
+                return mistake
+    return None
+
+
+def carried_from_downstream(ev: Evidence) -> str | None:
+    for mistake, error in ev.context.downstream:
+        if ev.same_shape and ev.fits(ev.expected + error):
+            return (f"is wrong only by what a mistake further down carries back: {mistake}; fix that, "
+                    f"and this gradient follows")
     return None
 
 
@@ -416,7 +449,7 @@ HYPOTHESES: list[Hypothesis] = [
     kept_an_axis, not_summed_over_batch, summed_over_wrong_axis, transposed, wrong_shape,
     all_zeros, expected_zero, sign_flipped,
     wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, log_softmax_without_g,
-    cross_entropy_missing_term, matmul_without_transpose, masked_too_early,
+    cross_entropy_missing_term, carried_from_downstream, matmul_without_transpose, masked_too_early,
     constant_factor, l2_term, regularised_gradient,
     correct_only_where_relu_active, zeros_where_gradient_expected,
 ]

@@ -153,14 +153,18 @@ class ManualBug:
     step: str
     wrong: Callable[[Net, dict], np.ndarray]
     words: tuple[str, ...]
+    found_at: str = ""  # when only the parameters are checked: where the report points
 
     @property
     def first_wrong(self) -> str:
-        return self.step
+        return self.found_at or self.step
 
     def report(self) -> mt.GradReport:
         net = build(**self.net)
-        return mt.check_manual(net.loss, backward(net, self))
+        grads = backward(net, self)
+        if self.found_at:  # as the notebooks check: dW1, db1, dW2, db2 and nothing in between
+            grads = {name: grads[name] for name in net.params}
+        return mt.check_manual(net.loss, grads)
 
 
 MANUAL_BUGS = [
@@ -232,6 +236,14 @@ MANUAL_BUGS = [
               lambda n, g: g["h1"], ("without its derivative",)),
     ManualBug("dz1 = dh1 * (1 - z1**2): the tanh derivative from the pre-activation", TANH, "z1",
               lambda n, g: g["h1"] * (1 - n["z1"] ** 2), ("pre-activation",)),
+    # Checked on the parameters alone, as the notebooks do: the report names the mistake at the logits.
+    ManualBug("dscores = probs / N, checked on the parameters only", TWO, "scores",
+              lambda n, g: n["probs"] / n.N, ("carries back", "gradient at scores", "- y"), found_at="b2"),
+    ManualBug("dscores = -y / N, checked on the parameters only", THREE, "scores",
+              lambda n, g: -n.Y / n.N, ("carries back", "gradient at scores", "softmax * sum(g)"),
+              found_at="b3"),
+    ManualBug("dscores without 1/N, checked on the parameters only", TWO, "scores",
+              lambda n, g: n["probs"] - n.Y, ("N = 8",), found_at="b2"),
 ]
 
 

@@ -453,3 +453,32 @@ def test_correct_hand_gradients_of_random_nets_always_pass_check_manual(n, d, h,
     dz = (upstream @ W2.data.T) * s * (1 - s)
     manual = {"out": upstream, "W2": s.T @ upstream, "z": dz, "W1": X.T @ dz}
     assert mt.check_manual(out, manual, gradient=upstream)
+
+
+@pytest.mark.parametrize("mistake, words", [
+    (lambda probs, Y, N: probs / N, "the gradient at scores misses the - y of (probs - y) / N"),
+    (lambda probs, Y, N: -Y / N, "the gradient at scores misses the softmax * sum(g) term"),
+])
+def test_a_mistake_at_the_fused_cross_entropy_is_named_from_the_parameters_alone(mistake, words):
+    rng = np.random.default_rng(4)
+    N, X, y = 6, rng.standard_normal((6, 3)), np.array([0, 2, 1, 1, 0, 2])
+    W1, b1 = Tensor(rng.standard_normal((3, 5)), requires_grad=True, name="W1"), Tensor(
+        np.zeros(5), requires_grad=True, name="b1")
+    W2, b2 = Tensor(rng.standard_normal((5, 3)), requires_grad=True, name="W2"), Tensor(
+        np.zeros(3), requires_grad=True, name="b2")
+    z = (Tensor(X) @ W1 + b1).named("z")
+    scores = (z.relu() @ W2 + b2).named("scores")
+    loss = mt.softmax_cross_entropy(scores, y)
+    probs = np.exp(scores.data) / np.exp(scores.data).sum(axis=1, keepdims=True)
+
+    def backward(dscores):
+        dz = (dscores @ W2.data.T) * (z.data > 0)
+        h = np.maximum(z.data, 0)
+        return {"W2": h.T @ dscores, "b2": dscores.sum(0), "W1": X.T @ dz, "b1": dz.sum(0)}
+
+    assert mt.check_manual(loss, backward((probs - np.eye(3)[y]) / N))
+    report = mt.check_manual(loss, backward(mistake(probs, np.eye(3)[y], N)))
+    assert report.first_wrong == "b2"
+    for row in report.rows:
+        assert row.diagnosis.startswith("is wrong only by what a mistake further down carries back")
+        assert words in row.diagnosis
