@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from microtensor.autograd import grad, no_grad, recorded_nodes, tape, unbroadcast
-from microtensor.diagnosis import Context, Evidence, Step, diagnose, logit_mistakes
+from microtensor.diagnosis import MISTAKEN_OPS, Context, Evidence, Step, diagnose, step_mistakes
 from microtensor.tensor import Tensor
 
 
@@ -583,32 +583,37 @@ class _Graph:
         grads = dict(zip(map(id, wanted),
                          grad(self.output, wanted, grad_outputs=upstream, retain_graph=True)))
         values = {self.labels[key]: t.data for key, t in self.tensors.items() if t.dtype.kind == "f"}
-        carried = self.carried_mistakes(tensors, upstream)
+        carried = self.carried_mistakes(tensors, upstream, values)
         contexts = {id(t): Context(label=self.labels[id(t)], value=t.data, is_parameter=t.is_leaf,
                                    producer=None if t.is_leaf else self.step(t), uses=self.uses(t, grads),
                                    batch_size=self.batch_size, tensors=values,
                                    downstream=tuple(carried[id(t)])) for t in tensors}
         return grads, contexts
 
-    def carried_mistakes(self, tensors: Sequence[Tensor], upstream: Any) -> dict[int, list]:
-        """For each of ``tensors`` before a softmax loss, the error each classic mistake in the
-        gradient at its logits carries back into the tensor's gradient. Backprop is linear in
-        that gradient, so the tape carries a mistake back exactly as hand-written steps do."""
+    def carried_mistakes(self, tensors: Sequence[Tensor], upstream: Any,
+                         values: Mapping[str, np.ndarray]) -> dict[int, list]:
+        """For each of ``tensors``, the error each classic mistake at a later step (the softmax
+        loss, an activation) whose result was not checked carries back into its gradient.
+        Backprop is linear in a step's gradient, so the tape carries a mistake back exactly as
+        hand-written steps do."""
         carried: dict[int, list] = {id(t): [] for t in tensors}
-        for loss in self.tensors.values():
-            if loss._node is None or loss._node.op.name not in ("softmax_cross_entropy", "log_softmax"):
+        for step_output in self.tensors.values():
+            node = step_output._node
+            if node is None or node.op.name not in MISTAKEN_OPS or not isinstance(node.inputs[0], Tensor):
                 continue
-            logits = loss._node.inputs[0]
-            upstream_of_logits = self.ancestors(logits) if isinstance(logits, Tensor) else set()
-            before = [t for t in tensors if id(t) in upstream_of_logits]
+            x = node.inputs[0]
+            if id(x) in carried:  # its gradient was given: its own row names a mistake made there
+                continue
+            upstream_of_x = self.ancestors(x)
+            before = [t for t in tensors if id(t) in upstream_of_x]
             if not before:
                 continue
-            (g,) = grad(self.output, [loss], grad_outputs=upstream, retain_graph=True)
-            for mistake, error in logit_mistakes(dataclasses.replace(self.step(loss), grad_output=g)):
-                errors = grad(logits, before, grad_outputs=error, retain_graph=True)
-                for t, e in zip(before, errors):
+            (g,) = grad(self.output, [step_output], grad_outputs=upstream, retain_graph=True)
+            step = dataclasses.replace(self.step(step_output), grad_output=g)
+            for mistake, error in step_mistakes(step, values):
+                for t, e in zip(before, grad(x, before, grad_outputs=error, retain_graph=True)):
                     if e is not None:
-                        carried[id(t)].append((f"the gradient at {self.labels[id(logits)]} {mistake}", e))
+                        carried[id(t)].append((f"the gradient at {self.labels[id(x)]} {mistake}", e))
         return carried
 
     def ancestors(self, t: Tensor) -> set[int]:

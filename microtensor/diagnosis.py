@@ -258,14 +258,14 @@ def regularised_gradient(ev: Evidence) -> str | None:
 
 
 # -- hypotheses on the op that used the tensor ----------------------------------------------
-def _relu_masks(ev: Evidence, use: Step) -> Iterator[tuple[str, np.ndarray]]:
+def _relu_masks(use: Step, tensors: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
     z, g = use.inputs[0], use.grad_output
     label = use.labels[0]
     yield f"uses the inverted ReLU mask ({label} <= 0); the derivative of relu is ({label} > 0)", z <= 0
     yield (f"is masked by the sign of the incoming gradient (g > 0); the ReLU mask comes from the "
            f"forward value ({label} > 0)"), g > 0
     masks: dict[bytes, tuple[list[str], np.ndarray]] = {}  # tensors that give the same mask, together
-    for other, value in ev.context.tensors.items():
+    for other, value in tensors.items():
         if value.shape == z.shape and not np.array_equal(value > 0, z > 0):
             masks.setdefault(np.packbits(value > 0).tobytes(), ([], value > 0))[0].append(f"({other} > 0)")
     for labels, mask in masks.values():
@@ -275,7 +275,7 @@ def _relu_masks(ev: Evidence, use: Step) -> Iterator[tuple[str, np.ndarray]]:
 
 def wrong_relu_mask(ev: Evidence) -> str | None:
     for use in ev.uses("relu"):
-        for sentence, mask in _relu_masks(ev, use):
+        for sentence, mask in _relu_masks(use, ev.context.tensors):
             if not mask.all() and ev.fits(use.rest + use.grad_output * mask):
                 return sentence
     return None
@@ -386,14 +386,28 @@ def cross_entropy_mistakes(logits: np.ndarray, target: np.ndarray, g: Any) -> li
             ("misses the - y of (probs - y) / N: the labels were never subtracted from probs", y * scale)]
 
 
-def logit_mistakes(step: Step) -> list[tuple[str, np.ndarray]]:
-    """What the classic mistakes at the logits of a softmax loss (``step``: a fused cross-entropy
-    or a log-softmax, with its ``grad_output``) add to the right gradient of its first input."""
+# The derivative of each activation, from its input and output: the right rule a mistake departs from.
+_ACTIVATION_DERIVATIVES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "relu": lambda x, out: x > 0,
+    "sigmoid": lambda x, out: out * (1 - out),
+    "tanh": lambda x, out: 1 - out * out,
+}
+MISTAKEN_OPS = frozenset({"softmax_cross_entropy", "log_softmax", *_ACTIVATION_DERIVATIVES})
+
+
+def step_mistakes(step: Step, tensors: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The classic mistakes in the gradient ``step`` (an op of ``MISTAKEN_OPS`` with its
+    ``grad_output``) sends to its first input, each with what it adds to the right gradient."""
     if step.op == "softmax_cross_entropy":
         return cross_entropy_mistakes(*step.inputs, step.grad_output)
     if step.op == "log_softmax":
         return log_softmax_mistakes(step)
-    return []
+    g = step.grad_output
+    right = g * _ACTIVATION_DERIVATIVES[step.op](step.inputs[0], step.output)
+    wrong = [(_MISSING_DERIVATIVE[step.op].format(x=step.labels[0]), g)]
+    if step.op == "relu":
+        wrong += [(sentence, g * mask) for sentence, mask in _relu_masks(step, tensors)]
+    return [(sentence, gradient - right) for sentence, gradient in wrong]
 
 
 def cross_entropy_missing_term(ev: Evidence) -> str | None:

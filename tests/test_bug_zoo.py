@@ -244,6 +244,14 @@ MANUAL_BUGS = [
               found_at="b3"),
     ManualBug("dscores without 1/N, checked on the parameters only", TWO, "scores",
               lambda n, g: n["probs"] - n.Y, ("N = 8",), found_at="b2"),
+    ManualBug("dz1 without the ReLU mask, checked on the parameters only", TWO, "z1",
+              lambda n, g: g["h1"], ("carries back", "gradient at z1", "ReLU unmasked"), found_at="b1"),
+    ManualBug("dz2 with the inverted ReLU mask, checked on the parameters only", THREE, "z2",
+              lambda n, g: g["h2"] * (n["z2"] <= 0), ("carries back", "gradient at z2", "inverted"),
+              found_at="b2"),
+    ManualBug("dz1 = dh1, the sigmoid's derivative forgotten, checked on the parameters only", SIGMOID, "z1",
+              lambda n, g: g["h1"], ("carries back", "gradient at z1", "without its derivative"),
+              found_at="b1"),
 ]
 
 
