@@ -575,27 +575,31 @@ class _Graph:
             steps.append(dataclasses.replace(self.step(user), index=i, grad_output=g, rest=total - through))
         return tuple(steps)
 
-    def contexts(self, tensors: Sequence[Tensor], upstream: Any) -> tuple[dict[int, Any], dict[int, Context]]:
+    def contexts(self, tensors: Sequence[Tensor], upstream: Any,
+                 explains: Callable[[Tensor, np.ndarray], bool]) -> tuple[dict[int, Any], dict[int, Context]]:
         """The tape's gradients of ``tensors`` for ``upstream``, and what the diagnosis may know
-        about each: its value, the op that made it, the ops that used it, N, the other tensors."""
+        about each: its value, the op that made it, the ops that used it, N, the other tensors.
+        ``explains(t, g)`` says whether ``g`` is the gradient the user gave for ``t``."""
         users = [u for t in tensors for u, _ in self.users.get(id(t), [])]
         wanted = list({id(t): t for t in [*tensors, *users]}.values())
         grads = dict(zip(map(id, wanted),
                          grad(self.output, wanted, grad_outputs=upstream, retain_graph=True)))
         values = {self.labels[key]: t.data for key, t in self.tensors.items() if t.dtype.kind == "f"}
-        carried = self.carried_mistakes(tensors, upstream, values)
+        carried = self.carried_mistakes(tensors, upstream, values,
+                                        lambda t, error: explains(t, _gradient(grads, t) + error))
         contexts = {id(t): Context(label=self.labels[id(t)], value=t.data, is_parameter=t.is_leaf,
                                    producer=None if t.is_leaf else self.step(t), uses=self.uses(t, grads),
                                    batch_size=self.batch_size, tensors=values,
                                    downstream=tuple(carried[id(t)])) for t in tensors}
         return grads, contexts
 
-    def carried_mistakes(self, tensors: Sequence[Tensor], upstream: Any,
-                         values: Mapping[str, np.ndarray]) -> dict[int, list]:
+    def carried_mistakes(self, tensors: Sequence[Tensor], upstream: Any, values: Mapping[str, np.ndarray],
+                         off_by: Callable[[Tensor, np.ndarray], bool]) -> dict[int, list]:
         """For each of ``tensors``, the error each classic mistake at a later step (the softmax
-        loss, an activation) whose result was not checked carries back into its gradient.
-        Backprop is linear in a step's gradient, so the tape carries a mistake back exactly as
-        hand-written steps do."""
+        loss, a mean's 1/N, an activation) whose result was not checked carries back into its
+        gradient. Backprop is linear in a step's gradient, so the tape carries a mistake back
+        exactly as hand-written steps do. A mistake made at a step reaches every checked tensor
+        before it, so it is kept only when ``off_by(t, error)`` holds for each of them."""
         carried: dict[int, list] = {id(t): [] for t in tensors}
         for step_output in self.tensors.values():
             node = step_output._node
@@ -610,10 +614,13 @@ class _Graph:
                 continue
             (g,) = grad(self.output, [step_output], grad_outputs=upstream, retain_graph=True)
             step = dataclasses.replace(self.step(step_output), grad_output=g)
-            for mistake, error in step_mistakes(step, values):
-                for t, e in zip(before, grad(x, before, grad_outputs=error, retain_graph=True)):
-                    if e is not None:
-                        carried[id(t)].append((f"the gradient at {self.labels[id(x)]} {mistake}", e))
+            where = self.labels[id(x)] if x.name else f"{self.labels[id(x)]}, the input of {node.op.name},"
+            for mistake, error in step_mistakes(step, _rule(step_output, 0, g), values, self.batch_size):
+                errors = grad(x, before, grad_outputs=error, retain_graph=True)
+                shares = [(t, e) for t, e in zip(before, errors) if e is not None]
+                if all(off_by(t, e) for t, e in shares):
+                    for t, e in shares:
+                        carried[id(t)].append((f"the gradient at {where} {mistake}", e))
         return carried
 
     def ancestors(self, t: Tensor) -> set[int]:
@@ -675,7 +682,12 @@ def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, 
     """
     graph = _Graph(output)
     tensors = _backward_order(output, [graph.named(name) for name in manual])
-    grads, contexts = graph.contexts(tensors, gradient)
+    given = {id(t): _as_array(t.name, manual[t.name]) for t in tensors}
+
+    def explains(t: Tensor, predicted: np.ndarray) -> bool:
+        return Evidence(predicted, given[id(t)], atol, rtol).fits(predicted)
+
+    grads, contexts = graph.contexts(tensors, gradient, explains)
     rows = [compare_row(t.name, _gradient(grads, t), manual[t.name], atol, rtol, contexts[id(t)])
             for t in tensors]
     rows, first_wrong = _mark_first_wrong(rows)

@@ -386,24 +386,33 @@ def cross_entropy_mistakes(logits: np.ndarray, target: np.ndarray, g: Any) -> li
             ("misses the - y of (probs - y) / N: the labels were never subtracted from probs", y * scale)]
 
 
-# The derivative of each activation, from its input and output: the right rule a mistake departs from.
-_ACTIVATION_DERIVATIVES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "relu": lambda x, out: x > 0,
-    "sigmoid": lambda x, out: out * (1 - out),
-    "tanh": lambda x, out: 1 - out * out,
-}
-MISTAKEN_OPS = frozenset({"softmax_cross_entropy", "log_softmax", *_ACTIVATION_DERIVATIVES})
+# The steps whose classic mistakes check_manual carries back to the tensors before them.
+MISTAKEN_OPS = frozenset({"softmax_cross_entropy", "mean", *_MISSING_DERIVATIVE})
 
 
-def step_mistakes(step: Step, tensors: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+def _mean_mistakes(right: np.ndarray, n: int, batch_size: int | None) -> list[tuple[str, np.ndarray]]:
+    """The 1/n of a mean over n entries left out, or applied twice, each with what it adds to
+    the right gradient ``right``."""
+    if n < 2:
+        return []
+    return [(f"is {_factor_meaning(n, batch_size)}", (n - 1) * right),
+            (f"is {_factor_meaning(1 / n, batch_size)}", (1 / n - 1) * right)]
+
+
+def step_mistakes(step: Step, right: np.ndarray, tensors: Mapping[str, np.ndarray],
+                  batch_size: int | None = None) -> list[tuple[str, np.ndarray]]:
     """The classic mistakes in the gradient ``step`` (an op of ``MISTAKEN_OPS`` with its
-    ``grad_output``) sends to its first input, each with what it adds to the right gradient."""
+    ``grad_output``) sends to its first input, where ``right`` is the right one: each with
+    what it adds to ``right``. ``batch_size`` names the N of a mean over the batch."""
     if step.op == "softmax_cross_entropy":
-        return cross_entropy_mistakes(*step.inputs, step.grad_output)
+        logits = step.inputs[0]
+        return [*cross_entropy_mistakes(*step.inputs, step.grad_output),
+                *_mean_mistakes(right, len(logits), len(logits))]
+    if step.op == "mean":
+        return _mean_mistakes(right, np.size(step.inputs[0]) // max(np.size(step.output), 1), batch_size)
     if step.op == "log_softmax":
         return log_softmax_mistakes(step)
     g = step.grad_output
-    right = g * _ACTIVATION_DERIVATIVES[step.op](step.inputs[0], step.output)
     wrong = [(_MISSING_DERIVATIVE[step.op].format(x=step.labels[0]), g)]
     if step.op == "relu":
         wrong += [(sentence, g * mask) for sentence, mask in _relu_masks(step, tensors)]

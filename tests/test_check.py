@@ -482,3 +482,54 @@ def test_a_mistake_at_the_fused_cross_entropy_is_named_from_the_parameters_alone
     for row in report.rows:
         assert row.diagnosis.startswith("is wrong only by what a mistake further down carries back")
         assert words in row.diagnosis
+
+
+def _two_layer_net_with_l2(fused):
+    """The notebooks' two-layer net with L2, its loss as one fused op or as log-softmax and mean."""
+    rng = np.random.default_rng(7)
+    N, X, y, reg = 6, rng.standard_normal((6, 3)), np.array([0, 2, 1, 1, 0, 2]), 0.1
+    W1, b1 = leaf(rng, 3, 5, name="W1"), leaf(rng, 5, name="b1")
+    W2, b2 = leaf(rng, 5, 3, name="W2"), leaf(rng, 3, name="b2")
+    z = Tensor(X) @ W1 + b1
+    scores = z.relu() @ W2 + b2
+    data_loss = (mt.softmax_cross_entropy(scores, y) if fused
+                 else -scores.log_softmax(axis=1)[np.arange(N), y].mean())
+    loss = data_loss + 0.5 * reg * ((W1 ** 2).sum() + (W2 ** 2).sum())
+    probs = np.exp(scores.data) / np.exp(scores.data).sum(axis=1, keepdims=True)
+
+    def backward(dscores, db2=None):
+        dz = (dscores @ W2.data.T) * (z.data > 0)
+        h = np.maximum(z.data, 0)
+        return {"W2": h.T @ dscores + reg * W2.data, "b2": dscores.sum(0) if db2 is None else db2,
+                "W1": X.T @ dz + reg * W1.data, "b1": dz.sum(0)}
+
+    return loss, backward, probs, np.eye(3)[y], N
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["cross_entropy", "log_softmax_and_mean"])
+@pytest.mark.parametrize("scale, words", [(1.0, "the 1/N of the mean over the batch is missing"),
+                                          (1 / 36, "divided by N once too often")])
+def test_a_missing_or_doubled_1_over_n_is_named_in_every_parameter_row_despite_l2(fused, scale, words):
+    loss, backward, probs, Y, N = _two_layer_net_with_l2(fused)
+    assert mt.check_manual(loss, backward((probs - Y) / N))
+    report = mt.check_manual(loss, backward((probs - Y) * scale))
+    assert report.first_wrong == "b2"
+    # The L2 part of dW1 and dW2 is right, so those are no multiple of the right gradient:
+    # only the mistake carried back from the loss explains them.
+    for row in report.rows:
+        assert row.diagnosis.startswith("is wrong only by what a mistake further down carries back"), row
+        assert words in row.diagnosis
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["cross_entropy", "log_softmax_and_mean"])
+@pytest.mark.parametrize("wrong_db2, words", [
+    (lambda probs, Y, N: (probs - Y).mean(0) / N, "divided by N once too often"),
+    (lambda probs, Y, N: probs.sum(0) / N, "is off by"),  # the - y left out of db2 only
+])
+def test_a_mistake_in_one_parameter_alone_is_not_blamed_on_a_step_further_down(fused, wrong_db2, words):
+    # A mistake at the loss would make every parameter wrong; here only db2 is.
+    loss, backward, probs, Y, N = _two_layer_net_with_l2(fused)
+    report = mt.check_manual(loss, backward((probs - Y) / N, db2=wrong_db2(probs, Y, N)))
+    assert report.first_wrong == "b2" and [row.name for row in report.rows if not row.ok] == ["b2"]
+    assert "carries back" not in report["b2"].diagnosis
+    assert words in report["b2"].diagnosis
