@@ -599,7 +599,7 @@ class _Graph:
         loss, a mean's 1/N, an activation) whose result was not checked carries back into its
         gradient. Backprop is linear in a step's gradient, so the tape carries a mistake back
         exactly as hand-written steps do. A mistake made at a step reaches every checked tensor
-        before it, so it is kept only when ``off_by(t, error)`` holds for each of them."""
+        before it: each entry says whether ``off_by(t, error)`` holds for all of them."""
         carried: dict[int, list] = {id(t): [] for t in tensors}
         for step_output in self.tensors.values():
             node = step_output._node
@@ -618,9 +618,9 @@ class _Graph:
             for mistake, error in step_mistakes(step, _rule(step_output, 0, g), values, self.batch_size):
                 errors = grad(x, before, grad_outputs=error, retain_graph=True)
                 shares = [(t, e) for t, e in zip(before, errors) if e is not None]
-                if all(off_by(t, e) for t, e in shares):
-                    for t, e in shares:
-                        carried[id(t)].append((f"the gradient at {where} {mistake}", e))
+                everywhere = all(off_by(t, e) for t, e in shares)
+                for t, e in shares:
+                    carried[id(t)].append((f"the gradient at {where} {mistake}", e, everywhere))
         return carried
 
     def ancestors(self, t: Tensor) -> set[int]:

@@ -47,8 +47,9 @@ class Context:
     ``value`` is its forward value; ``is_parameter`` marks a weight or bias, for the L2
     hypotheses; ``producer`` and ``uses`` are the ops around it on the tape; ``batch_size``
     names the factor N; ``tensors`` are other forward values by label, for a ReLU mask taken
-    from the wrong tensor. ``downstream`` pairs a mistake at a later step (one sentence) with
-    the error it would carry back into this tensor's gradient.
+    from the wrong tensor. ``downstream`` lists mistakes at a later step: each sentence, the
+    error it would carry back into this tensor's gradient, and whether every other checked
+    tensor before that step is off by exactly its share too (the mistake was made there).
     """
 
     label: str = "this tensor"
@@ -58,7 +59,7 @@ class Context:
     uses: tuple[Step, ...] = ()
     batch_size: int | None = None
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
-    downstream: tuple[tuple[str, np.ndarray], ...] = ()
+    downstream: tuple[tuple[str, np.ndarray, bool], ...] = ()
 
 
 class Evidence:
@@ -430,10 +431,19 @@ def cross_entropy_missing_term(ev: Evidence) -> str | None:
 
 
 def carried_from_downstream(ev: Evidence) -> str | None:
-    for mistake, error in ev.context.downstream:
-        if ev.same_shape and ev.fits(ev.expected + error):
+    for mistake, error, everywhere in ev.context.downstream:
+        if everywhere and ev.same_shape and ev.fits(ev.expected + error):
             return (f"is wrong only by what a mistake further down carries back: {mistake}; fix that, "
                     f"and this gradient follows")
+    return None
+
+
+def computed_from_a_wrong_gradient(ev: Evidence) -> str | None:
+    # The same error, in this gradient only: its own formula took a wrong gradient from further down.
+    for mistake, error, everywhere in ev.context.downstream:
+        if not everywhere and ev.same_shape and ev.fits(ev.expected + error):
+            return (f"is computed from a wrong gradient, as if {mistake}; the other gradients checked "
+                    f"before that step are right, so only this one's formula uses the wrong gradient")
     return None
 
 
@@ -473,7 +483,7 @@ HYPOTHESES: list[Hypothesis] = [
     all_zeros, expected_zero, sign_flipped,
     wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, log_softmax_without_g,
     cross_entropy_missing_term, carried_from_downstream, matmul_without_transpose, masked_too_early,
-    constant_factor, l2_term, regularised_gradient,
+    constant_factor, l2_term, regularised_gradient, computed_from_a_wrong_gradient,
     correct_only_where_relu_active, zeros_where_gradient_expected,
 ]
 

@@ -254,6 +254,13 @@ MANUAL_BUGS = [
     ManualBug("dz1 = dh1, the sigmoid's derivative forgotten, checked on the parameters only", SIGMOID, "z1",
               lambda n, g: g["h1"], ("carries back", "gradient at z1", "without its derivative"),
               found_at="b1"),
+    # One formula took a wrong gradient from further down, the others did not.
+    ManualBug("dW1 from the unmasked dh1, checked on the parameters only", TWO, "W1",
+              lambda n, g: n.X.T @ g["h1"] + n.reg * n.params["W1"].data,
+              ("computed from a wrong gradient", "ReLU unmasked"), found_at="W1"),
+    ManualBug("db2 summed from probs, without the - y, checked on the parameters only", TWO, "b2",
+              lambda n, g: n["probs"].sum(axis=0) / n.N, ("computed from a wrong gradient", "- y"),
+              found_at="b2"),
 ]
 
 

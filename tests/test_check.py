@@ -497,11 +497,14 @@ def _two_layer_net_with_l2(fused):
     loss = data_loss + 0.5 * reg * ((W1 ** 2).sum() + (W2 ** 2).sum())
     probs = np.exp(scores.data) / np.exp(scores.data).sum(axis=1, keepdims=True)
 
-    def backward(dscores, db2=None):
-        dz = (dscores @ W2.data.T) * (z.data > 0)
+    def backward(dscores, db2=None, unmasked=()):
+        """``unmasked``: the gradients whose formula takes dh instead of the masked dz."""
+        dh = dscores @ W2.data.T
+        dz = dh * (z.data > 0)
         h = np.maximum(z.data, 0)
         return {"W2": h.T @ dscores + reg * W2.data, "b2": dscores.sum(0) if db2 is None else db2,
-                "W1": X.T @ dz + reg * W1.data, "b1": dz.sum(0)}
+                "W1": X.T @ (dh if "W1" in unmasked else dz) + reg * W1.data,
+                "b1": (dh if "b1" in unmasked else dz).sum(0)}
 
     return loss, backward, probs, np.eye(3)[y], N
 
@@ -521,15 +524,23 @@ def test_a_missing_or_doubled_1_over_n_is_named_in_every_parameter_row_despite_l
         assert words in row.diagnosis
 
 
+WRONG_GRADIENT = "only this one's formula uses the wrong gradient"
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["cross_entropy", "log_softmax_and_mean"])
-@pytest.mark.parametrize("wrong_db2, words", [
-    (lambda probs, Y, N: (probs - Y).mean(0) / N, "divided by N once too often"),
-    (lambda probs, Y, N: probs.sum(0) / N, "is off by"),  # the - y left out of db2 only
-])
-def test_a_mistake_in_one_parameter_alone_is_not_blamed_on_a_step_further_down(fused, wrong_db2, words):
-    # A mistake at the loss would make every parameter wrong; here only db2 is.
+@pytest.mark.parametrize("wrong, name, words", [
+    (dict(db2=lambda probs, Y, N: (probs - Y).mean(0) / N), "b2", ("is 1/N of the expected gradient",)),
+    (dict(db2=lambda probs, Y, N: probs.sum(0) / N), "b2", (WRONG_GRADIENT, "- y of (probs - y) / N")),
+    (dict(unmasked=("W1",)), "W1", (WRONG_GRADIENT, "the ReLU unmasked")),  # X.T @ dh; db1 sums dz
+    (dict(unmasked=("b1",)), "b1", (WRONG_GRADIENT, "the ReLU unmasked")),
+], ids=["db2_mean", "db2_without_y", "dW1_unmasked", "db1_unmasked"])
+def test_a_mistake_in_one_parameter_alone_is_not_blamed_on_a_step_further_down(fused, wrong, name, words):
+    # A mistake made at the loss or the ReLU would make every parameter before it wrong; here only
+    # one is, so its own formula is named, as taking a wrong gradient when that is what it did.
     loss, backward, probs, Y, N = _two_layer_net_with_l2(fused)
-    report = mt.check_manual(loss, backward((probs - Y) / N, db2=wrong_db2(probs, Y, N)))
-    assert report.first_wrong == "b2" and [row.name for row in report.rows if not row.ok] == ["b2"]
-    assert "carries back" not in report["b2"].diagnosis
-    assert words in report["b2"].diagnosis
+    db2 = wrong.get("db2")
+    manual = backward((probs - Y) / N, db2=db2 and db2(probs, Y, N), unmasked=wrong.get("unmasked", ()))
+    report = mt.check_manual(loss, manual)
+    assert report.first_wrong == name and [row.name for row in report.rows if not row.ok] == [name]
+    diagnosis = report[name].diagnosis
+    assert "carries back" not in diagnosis and all(w in diagnosis for w in words), diagnosis
