@@ -345,6 +345,22 @@ def derivative_from_wrong_tensor(ev: Evidence) -> str | None:
     return None
 
 
+def weight_gradient_from_wrong_input(ev: Evidence) -> str | None:
+    # dW = x.T @ g needs the layer's input x; the pre-activation z taken for the activation h is classic.
+    for use in ev.uses("matmul", "linear"):
+        x, g = use.inputs[0], use.grad_output
+        if use.index != 1 or np.ndim(x) != 2 or np.ndim(use.inputs[1]) != 2:
+            continue
+        if use.labels[0] not in ev.context.tensors:  # the input is data, not a step of the net
+            continue
+        for label, value in ev.context.tensors.items():
+            if value.shape == x.shape and not np.array_equal(value, x) and ev.fits(use.rest + value.T @ g):
+                x_label, w_label = use.labels[:2]
+                return (f"uses {label} where the layer's input {x_label} belongs: the gradient of "
+                        f"{x_label} @ {w_label} with respect to {w_label} is {x_label}.T @ g")
+    return None
+
+
 def log_softmax_mistakes(use: Step) -> list[tuple[str, np.ndarray]]:
     """The two classic mistakes in the gradient of a log-softmax at its input, each with what it
     adds to the right gradient ``g - softmax(x) * g.sum(axis)``."""
@@ -481,7 +497,8 @@ HYPOTHESES: list[Hypothesis] = [
     not_finite, expected_not_finite,
     kept_an_axis, not_summed_over_batch, summed_over_wrong_axis, transposed, wrong_shape,
     all_zeros, expected_zero, sign_flipped,
-    wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, log_softmax_without_g,
+    wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, weight_gradient_from_wrong_input,
+    log_softmax_without_g,
     cross_entropy_missing_term, carried_from_downstream, matmul_without_transpose, masked_too_early,
     constant_factor, l2_term, regularised_gradient, computed_from_a_wrong_gradient,
     correct_only_where_relu_active, zeros_where_gradient_expected,
