@@ -290,6 +290,8 @@ _MISSING_DERIVATIVE = {
             "with t = tanh({x}) the output",
     "log_softmax": "misses the softmax * sum(g) term of the log-softmax gradient: it is "
                    "g - softmax({x}) * g.sum(axis); for cross-entropy that is (probs - y) / N",
+    "softmax": "passes the gradient through the softmax without its derivative: it is "
+               "s * (g - (g * s).sum(axis, keepdims=True)), with s the softmax's output",
 }
 
 
@@ -334,6 +336,9 @@ _DERIVATIVE_FROM_WRONG_TENSOR = [
     ("tanh", lambda z, s: 1 - z * z,
      "uses the tanh derivative on the pre-activation: 1 - z**2 with z = {x}; it is 1 - t**2 with "
      "t = tanh(z), the output"),
+    ("softmax", lambda z, s: s * (1 - s),
+     "uses only the diagonal of the softmax Jacobian, s * (1 - s) as for a sigmoid; each softmax "
+     "output depends on every input of its row: the gradient is s * (g - (g * s).sum(axis, keepdims=True))"),
 ]
 
 
@@ -429,8 +434,10 @@ def step_mistakes(step: Step, right: np.ndarray, tensors: Mapping[str, np.ndarra
         return _mean_mistakes(right, np.size(step.inputs[0]) // max(np.size(step.output), 1), batch_size)
     if step.op == "log_softmax":
         return log_softmax_mistakes(step)
-    g = step.grad_output
-    wrong = [(_MISSING_DERIVATIVE[step.op].format(x=step.labels[0]), g)]
+    g, x = step.grad_output, step.labels[0]
+    wrong = [(_MISSING_DERIVATIVE[step.op].format(x=x), g)]
+    wrong += [(sentence.format(x=x), g * derivative(step.inputs[0], step.output))
+              for op, derivative, sentence in _DERIVATIVE_FROM_WRONG_TENSOR if op == step.op]
     if step.op == "relu":
         wrong += [(sentence, g * mask) for sentence, mask in _relu_masks(step, tensors)]
     return [(sentence, gradient - right) for sentence, gradient in wrong]

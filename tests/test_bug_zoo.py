@@ -257,6 +257,9 @@ MANUAL_BUGS = [
     ManualBug("dz1 = dh1, the sigmoid's derivative forgotten, checked on the parameters only", SIGMOID, "z1",
               lambda n, g: g["h1"], ("carries back", "gradient at z1", "without its derivative"),
               found_at="b1"),
+    ManualBug("dz1 = dh1 * z1 * (1 - z1), checked on the parameters only", SIGMOID, "z1",
+              lambda n, g: g["h1"] * n["z1"] * (1 - n["z1"]), ("carries back", "pre-activation"),
+              found_at="b1"),
     # One formula took a wrong gradient from further down, the others did not.
     ManualBug("dW1 from the unmasked dh1, checked on the parameters only", TWO, "W1",
               lambda n, g: n.X.T @ g["h1"] + n.reg * n.params["W1"].data,

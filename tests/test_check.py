@@ -544,3 +544,31 @@ def test_a_mistake_in_one_parameter_alone_is_not_blamed_on_a_step_further_down(f
     assert report.first_wrong == name and [row.name for row in report.rows if not row.ok] == [name]
     diagnosis = report[name].diagnosis
     assert "carries back" not in diagnosis and all(w in diagnosis for w in words), diagnosis
+
+
+@pytest.mark.parametrize("mistake, words", [
+    (lambda s, g: s * (1 - s) * g, "uses only the diagonal of the softmax Jacobian"),
+    (lambda s, g: g, "passes the gradient through the softmax without its derivative"),
+], ids=["diagonal_only", "no_derivative"])
+@pytest.mark.parametrize("checked", [("scores", "W"), ("W",)], ids=["scores_checked", "weight_only"])
+def test_a_softmax_derived_like_a_sigmoid_or_not_at_all_is_named(mistake, words, checked):
+    # loss = -log(softmax(scores)[y]).mean(), derived by hand through the softmax on its own.
+    rng = np.random.default_rng(1)
+    N, C, X, y = 5, 4, rng.standard_normal((5, 3)), np.array([0, 3, 1, 1, 2])
+    W = leaf(rng, 3, C, name="W")
+    scores = (Tensor(X) @ W).named("scores")
+    probs = scores.softmax(axis=1)
+    loss = -probs[np.arange(N), y].log().mean()
+    s = probs.data
+    dprobs = np.zeros((N, C))
+    dprobs[np.arange(N), y] = -1 / (N * s[np.arange(N), y])
+
+    def manual(dscores):
+        return {name: {"scores": dscores, "W": X.T @ dscores}[name] for name in checked}
+
+    assert mt.check_manual(loss, manual(s * (dprobs - (dprobs * s).sum(axis=1, keepdims=True))))
+    report = mt.check_manual(loss, manual(mistake(s, dprobs)))
+    assert report.first_wrong == checked[0]
+    assert words in report[checked[0]].diagnosis
+    if checked == ("W",):
+        assert "carries back: the gradient at scores" in report["W"].diagnosis
