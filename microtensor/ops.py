@@ -15,6 +15,7 @@ array([0.25 , 0.105])
 from __future__ import annotations
 
 import builtins
+import functools
 from typing import Any
 
 import numpy as np
@@ -208,7 +209,7 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
         _check_labels(target, logits.shape[1])
         # Where each row's label sits in the flat array: one index for the loss and its gradient.
         # The labels are checked to lie in [0, C), so casting them (from uint64, say) loses nothing.
-        labelled = np.add(np.arange(0, logp.size, logp.shape[1]), target, dtype=np.intp, casting="unsafe")
+        labelled = np.add(_row_starts(logp.shape), target, dtype=np.intp, casting="unsafe")
         return -np.add.reduce(logp.reshape(-1)[labelled]) / len(logits), (logp, labelled)
     # 0 * log(0) counts as 0, so a class the target rules out may have a logit of -inf.
     weighted = np.multiply(target, logp, where=target != 0,
@@ -216,11 +217,22 @@ def _cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     return -weighted.sum() / len(logits), (logp, None)
 
 
+@functools.lru_cache(maxsize=64)
+def _row_starts(shape: tuple[int, int]) -> np.ndarray:
+    """Where each row of an array of ``shape`` starts in the flattened array."""
+    starts = np.arange(0, shape[0] * shape[1], shape[1])
+    starts.flags.writeable = False  # shared by every call with this shape
+    return starts
+
+
+_UNSIGNED = {np.dtype(kind).itemsize: np.dtype(kind) for kind in (np.uint8, np.uint16, np.uint32, np.uint64)}
+
+
 def _check_labels(labels: np.ndarray, classes: int) -> None:
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     # Seen as unsigned, a negative label is huge: one reduction finds both kinds of wrong label.
-    if labels.size and np.maximum.reduce(labels.view(f"u{labels.itemsize}")) >= classes:
+    if labels.size and np.maximum.reduce(labels.view(_UNSIGNED[labels.itemsize])) >= classes:
         wrong = labels[(labels < 0) | (labels >= classes)]
         raise IndexError(f"labels must be in [0, {classes}) for {classes} classes, got {wrong[0]} "
                          f"({wrong.size} out of range)")

@@ -32,7 +32,7 @@ def _target(y: Any, inputs: mt.Tensor, where: str, what: str) -> Any:
 
     Probability rows that require grad stay a Tensor, so the loss differentiates them too.
     """
-    _check_not_empty(inputs, where, what)
+    _check_not_empty(inputs.data, where, what)
     target = _array(y)
     shape = inputs.shape
     if target.ndim == 1 and target.dtype.kind in "iu":

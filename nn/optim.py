@@ -71,17 +71,23 @@ def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: S
     >>> p = np.ones(2); _subtract_scaled(p, np.full(2, 2.0), 0.25, {}); p
     array([0.5, 0.5])
     """
-    axpy = _axpy(param.dtype.char) if step.dtype == param.dtype else None
-    if axpy is not None and not param.flags.c_contiguous and param.flags.f_contiguous:
-        param, step = param.T, step.T  # the same update, on views in C order
     # BLAS skips the whole update when scale is 0, where IEEE (and PyTorch) make 0 * inf nan.
-    if axpy is None or not param.flags.c_contiguous or scale == 0:
+    axpy = _axpy(param.dtype.char) if scale and step.dtype == param.dtype else None
+    layout = param.flags
+    if axpy is not None and not layout.c_contiguous and layout.f_contiguous:
+        param, step = param.T, step.T  # the same update, on views in C order
+        layout = param.flags
+    if axpy is None or not layout.c_contiguous:
         with np.errstate(all="ignore"):  # quiet about inf and nan, as BLAS and backward are
             param -= np.multiply(step, scale, out=_work_buffer(state, param))
         return
     x, y = step.ravel(), param.ravel()  # y is a view; x is one too unless step has another layout
-    for start in range(0, y.size, _AXPY_CHUNK):
-        axpy(x, y, min(_AXPY_CHUNK, y.size - start), -scale, start, 1, start, 1)  # n, a, offsets, steps
+    size = y.size
+    if 0 < size <= _AXPY_CHUNK:  # the usual small layer: one call (BLAS refuses empty arrays)
+        axpy(x, y, a=-scale)
+        return
+    for start in range(0, size, _AXPY_CHUNK):
+        axpy(x, y, min(_AXPY_CHUNK, size - start), -scale, start, 1, start, 1)  # n, a, offsets, steps
 
 
 def _check_gradient(where: str, param: mt.Tensor) -> None:
@@ -142,26 +148,23 @@ class Optimizer:
 
         Every gradient is checked first, so a step that fails changes no parameter.
         """
+        updates = []
         for group in self.param_groups:
             for p in group["params"]:
-                grad = p.grad
-                if grad is not None and (type(grad) is not np.ndarray or grad.shape != p.data.shape):
-                    _check_gradient(type(self).__name__, p)
-        for group in self.param_groups:
-            for p in group["params"]:
-                grad = p.grad
+                grad, data = p.grad, p.data
                 if grad is None:
                     continue
-                if isinstance(grad, mt.Tensor):  # after backward(create_graph=True)
-                    grad = grad.data
-                state = self.state.get(p)
-                if state is None:
-                    state = self.state[p] = {}
-                data = p.data
-                self._update(data, grad, state, group)
-                # Assigning the updated array back marks it changed, so backward through a
-                # graph recorded before this step refuses to run, as in PyTorch.
-                p.data = data
+                if type(grad) is not np.ndarray or grad.shape != data.shape:
+                    _check_gradient(type(self).__name__, p)
+                    if isinstance(grad, mt.Tensor):  # after backward(create_graph=True)
+                        grad = grad.data
+                updates.append((p, data, grad, group))
+        state = self.state
+        for p, data, grad, group in updates:
+            self._update(data, grad, state.get(p) or state.setdefault(p, {}), group)
+            # Assigning the updated array back marks it changed, so backward through a
+            # graph recorded before this step refuses to run, as in PyTorch.
+            p.data = data
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
         raise NotImplementedError
