@@ -266,9 +266,11 @@ def test_a_pinned_allocator_lets_no_step_fault_freed_memory_back_in():
     assert run("as found") == ("as found", pytest.approx(2900, rel=0.5))  # glibc trims, and pays it back
 
 
-def load_runner():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_runner(name="run"):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     return runner
@@ -296,3 +298,19 @@ def test_the_command_and_a_bench_run_work_without_posix_only_modules(monkeypatch
     report = quick([TWO_LAYER], implementations=["microtensor"])
     assert report.load == [None, None]
     assert "Load average: this platform does not report one." in render([report])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_throwaway_tape_of_the_ceiling_benchmark_trains_like_the_numpy_reference(dtype):
+    ceiling = load_runner("ceiling")
+    problem = make_problem(THREE_LAYER, dtype)
+    reference, tape = bench.first_step(NumpyStep(problem)), bench.first_step(ceiling.CeilingTape(problem))
+    assert bench.disagreement(reference, tape, bench.TOLERANCE[dtype]) is None
+
+
+def test_the_ceiling_benchmark_runs_and_prints_its_table():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "ceiling.py"), "--workloads", "W1",
+                           "--rounds", "1", "--block", "0.001"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| W1"))
+    assert row.count("x |") == 2  # a ratio for microtensor and one for the throwaway tape
