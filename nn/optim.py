@@ -159,9 +159,8 @@ class Optimizer:
                     if isinstance(grad, mt.Tensor):  # after backward(create_graph=True)
                         grad = grad.data
                 updates.append((p, data, grad, group))
-        state = self.state
         for p, data, grad, group in updates:
-            self._update(data, grad, state.get(p) or state.setdefault(p, {}), group)
+            self._update(data, grad, self.state.setdefault(p, {}), group)
             # Assigning the updated array back marks it changed, so backward through a
             # graph recorded before this step refuses to run, as in PyTorch.
             p.data = data
