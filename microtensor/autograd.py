@@ -12,8 +12,8 @@ import heapq
 import inspect
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import ContextDecorator, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ContextDecorator, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -349,6 +349,15 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
     return gradient
 
 
+@contextmanager
+def _recording(context: Any) -> Iterator[None]:
+    """``context``, with grad mode on: VJPs record only when handed Tensors, so backward needs
+    grad mode only under create_graph (and a second context manager would cost the common
+    first-order pass a microsecond)."""
+    with enable_grad(), context:
+        yield
+
+
 def run_backward(
     outputs: Sequence[Tensor],
     gradients: Sequence[Any],
@@ -391,8 +400,8 @@ def run_backward(
     captured: dict[int, Any] = {}
     detector = _anomaly.detector
     # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
-    # VJPs only record when handed Tensors, so grad mode matters only for create_graph.
-    with (enable_grad() if create_graph else nullcontext()), np.errstate(all="ignore"):
+    quiet = np.errstate(all="ignore")
+    with _recording(quiet) if create_graph else quiet:
         while pending:
             position, t = heapq.heappop(pending)
             position = -position
