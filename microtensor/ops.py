@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from microtensor.autograd import Op
-from microtensor.reductions import softmax_shift, sum_first_axis, sum_keepdims
+from microtensor.reductions import softmax_shift, sum_keepdims
 
 
 # -- why inputs do not fit: consulted only after a forward failed ---------------------------
@@ -135,13 +135,9 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
     return out + bias
 
 
-def _linear_grad_bias(g: Any, out: Any, x: Any, weight: Any, bias: Any) -> Any:
-    # A layer's bias is summed over the batch here, saving the tape's general unbroadcast.
-    return sum_first_axis(g) if g.ndim == 2 and bias.ndim == 1 else g
-
-
 # A layer's x @ W + b as one node: half the bookkeeping of matmul then add.
-linear = Op("linear", _linear, _matmul_grad_a, _matmul_grad_b, _linear_grad_bias, explain=_linear_mismatch)
+linear = Op("linear", _linear, _matmul_grad_a, _matmul_grad_b,
+            lambda g, out, x, weight, bias: g, explain=_linear_mismatch)
 
 
 # -- element-wise functions ------------------------------------------------------------------

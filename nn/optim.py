@@ -90,12 +90,14 @@ def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: S
         axpy(x, y, min(_AXPY_CHUNK, size - start), -scale, start, 1, start, 1)  # n, a, offsets, steps
 
 
-def _check_gradient(where: str, param: mt.Tensor) -> None:
+def _checked_gradient(where: str, param: mt.Tensor) -> np.ndarray:
+    """``param.grad`` as an array (a Tensor's, after ``backward(create_graph=True)``), checked."""
     grad = param.grad.data if isinstance(param.grad, mt.Tensor) else param.grad
     if not isinstance(grad, np.ndarray) or grad.shape != param.shape:
         got = f"shape {grad.shape}" if isinstance(grad, np.ndarray) else f"a {type(grad).__name__}"
         raise ValueError(f"{where}.step: a parameter of shape {param.shape} has a .grad of {got}; a "
                          f"gradient must be an array of its parameter's shape (was .grad set by hand?)")
+    return grad
 
 
 class Optimizer:
@@ -154,10 +156,8 @@ class Optimizer:
                 grad, data = p.grad, p.data
                 if grad is None:
                     continue
-                if type(grad) is not np.ndarray or grad.shape != data.shape:
-                    _check_gradient(type(self).__name__, p)
-                    if isinstance(grad, mt.Tensor):  # after backward(create_graph=True)
-                        grad = grad.data
+                if type(grad) is not np.ndarray or grad.shape != data.shape:  # the usual case skips the call
+                    grad = _checked_gradient(type(self).__name__, p)
                 updates.append((p, data, grad, group))
         for p, data, grad, group in updates:
             self._update(data, grad, self.state.setdefault(p, {}), group)
