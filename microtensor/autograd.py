@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from microtensor.reductions import sum_first_axis
+from microtensor.reductions import shared_ones, sum_first_axis
 
 
 class _GradMode(threading.local):
@@ -187,13 +187,14 @@ class Op:
     array([2., 4.])
     """
 
-    __slots__ = ("name", "forward", "vjps", "differentiable", "saves", "explain", "param_names")
+    __slots__ = ("name", "forward", "vjps", "arity", "differentiable", "saves", "explain", "param_names")
 
     def __init__(self, name: str, forward: Callable[..., Any], *vjps: Callable[..., Any],
                  saves: bool = False, explain: Callable[..., str | None] | None = None):
         self.name = name
         self.forward = forward
         self.vjps = vjps
+        self.arity = len(vjps)  # how many inputs: the arguments after them are parameters
         self.differentiable = bool(vjps)
         self.saves = saves
         self.explain = explain
@@ -204,15 +205,15 @@ class Op:
 
     def _bind(self, args: tuple, params: dict) -> tuple[tuple, dict]:
         """Positional arguments past the inputs are parameters: ``mt.sum(x, 0)`` is ``axis=0``."""
-        inputs, extra = args[:len(self.vjps)], args[len(self.vjps):]
+        inputs, extra = args[:self.arity], args[self.arity:]
         if len(extra) > len(self.param_names) or set(self.param_names[:len(extra)]) & set(params):
-            raise TypeError(f"{self.name}: takes {len(self.vjps)} input(s) and the parameters "
+            raise TypeError(f"{self.name}: takes {self.arity} input(s) and the parameters "
                             f"{', '.join(self.param_names)}; got {len(args)} positional arguments "
                             f"and {', '.join(params) or 'no'} keywords")
         return inputs, {**dict(zip(self.param_names, extra)), **params}
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:
-        if self.param_names and len(args) > len(self.vjps):
+        if len(args) > self.arity and self.param_names:
             args, params = self._bind(args, params)
         arrays = []
         records = False
@@ -223,7 +224,7 @@ class Op:
                     records = records or a.requires_grad
                 else:  # lists become arrays here, once, so that VJPs can do arithmetic on them
                     arrays.append(np.asarray(a) if type(a) in _SEQUENCES else a)
-            out = self.forward(*arrays, **params)
+            out = self.forward(*arrays, **params) if params else self.forward(*arrays)
         except (ValueError, TypeError, IndexError) as err:
             raise _forward_error(self, err, args) from None
         saved = None
@@ -331,7 +332,7 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        gradient = np.array(1, output._data.dtype).reshape(output._data.shape)  # np.ones costs 3x
+        gradient = shared_ones(output._data.shape, output._data.dtype)  # read-only: VJPs never write to g
     elif isinstance(gradient, Tensor) and create_graph:
         pass
     else:
@@ -399,11 +400,15 @@ def run_backward(
     wanted = None if inputs is None else {id(t) for t in inputs}
     captured: dict[int, Any] = {}
     detector = _anomaly.detector
+    # A leaf's gradient must never be, or share memory with, another tensor's; only .grad needs
+    # a copy (grad() hands back what it captured, and create_graph makes new Tensors anyway).
+    copy_shared = wanted is None and not create_graph
+    pop, push = heapq.heappop, heapq.heappush
     # inf and nan in gradients are the user's to see (or detect_anomaly's), not warnings.
     quiet = np.errstate(all="ignore")
     with _recording(quiet) if create_graph else quiet:
         while pending:
-            position, t = heapq.heappop(pending)
+            position, t = pop(pending)
             position = -position
             node = t._node
             if node.freed:
@@ -414,13 +419,16 @@ def run_backward(
                     captured[id(t)] = g
             elif t._retains_grad:
                 t.grad = _add_into(t.grad, _as_gradient(g, t, create_graph), t)
-            if create_graph:  # Tensors, and the constants as the forward saw them (lists as arrays)
-                args = [a if isinstance(a, Tensor) else array for a, array in zip(node.inputs, node.arrays)]
-                out, params = t, node.params
-            else:
-                out, args, params = t._data, node.arrays, node.first_order_params()
             if t._modified_at > position:
                 raise _modified_error(node, t, "its output")
+            # Every VJP of the node takes the same arguments, so they are gathered once.
+            if create_graph:  # Tensors, and the constants as the forward saw them (lists as arrays)
+                args = (g, t, *[a if isinstance(a, Tensor) else array
+                                for a, array in zip(node.inputs, node.arrays)])
+                params = node.params
+            else:
+                args, params = (g, t._data, *node.arrays), node.first_order_params()
+            vjps = node.op.vjps
             for i, a in enumerate(node.inputs):
                 if not isinstance(a, Tensor):
                     continue
@@ -428,29 +436,25 @@ def run_backward(
                     raise _modified_error(node, a, f"input {i}")
                 if not a.requires_grad:
                     continue
-                ga = node.op.vjps[i](g, out, *args, **params)
+                ga = vjps[i](*args, **params) if params else vjps[i](*args)
                 if detector is not None:
                     detector.check_backward(node, i, ga)
                 shape = a._data.shape
                 if ga.shape != shape:
-                    ga = unbroadcast(ga, shape)
-                    if ga.shape != shape:
-                        raise ValueError(f"backward: the derivative of {node.op.name} gave input {i} a "
-                                         f"gradient of shape {ga.shape}, but the input has shape "
-                                         f"{shape}; the op's VJP is wrong")
+                    ga = _summed_to_input(ga, shape, node, i)
                 key = id(a)
                 previous = grads.get(key)
                 if previous is not None:
                     grads[key] = previous + ga
                 elif a._node is not None:
                     grads[key] = ga
-                    heapq.heappush(pending, (-a._node.position, a))
-                else:  # a leaf's gradient never is, or shares memory with, another's
+                    push(pending, (-a._node.position, a))
+                else:
                     leaves[key] = a
-                    if create_graph:
-                        ga = ga * 1 if ga is g else ga  # a new Tensor, still differentiable
-                    elif wanted is None and (ga is g or ga.base is not None):
+                    if copy_shared and (ga is g or ga.base is not None):
                         ga = ga.copy()
+                    elif create_graph and ga is g:
+                        ga = ga * 1  # a new Tensor, still differentiable
                     grads[key] = ga
             if not retain_graph:
                 node.freed = True
@@ -463,6 +467,15 @@ def run_backward(
     for key, leaf in leaves.items():
         leaf.grad = _add_into(leaf.grad, grads[key], leaf)
     return None
+
+
+def _summed_to_input(grad: Any, shape: tuple[int, ...], node: Node, i: int) -> Any:
+    """A VJP's gradient summed over the axes broadcasting added to input ``i``, checked."""
+    grad = unbroadcast(grad, shape)
+    if grad.shape != shape:
+        raise ValueError(f"backward: the derivative of {node.op.name} gave input {i} a gradient of "
+                         f"shape {grad.shape}, but the input has shape {shape}; the op's VJP is wrong")
+    return grad
 
 
 def _modified_error(node: Node, tensor: Tensor, role: str) -> RuntimeError:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from microtensor.autograd import Op
-from microtensor.reductions import softmax_shift, sum_keepdims
+from microtensor.reductions import softmax_shift, sum_first_axis, sum_keepdims
 
 
 # -- why inputs do not fit: consulted only after a forward failed ---------------------------
@@ -109,6 +109,8 @@ def _drop_last_axis(x: Any) -> Any:
 
 
 def _matmul_grad_a(g: Any, out: Any, a: Any, b: Any, bias: Any = None) -> Any:  # linear passes its bias
+    if b.ndim == 2 and a.ndim > 1:  # a layer's x @ W, checked first: the training hot path
+        return g @ b.T
     if b.ndim == 1:
         return g * b if a.ndim == 1 else _append_axis(g) * b
     if a.ndim == 1:
@@ -117,6 +119,8 @@ def _matmul_grad_a(g: Any, out: Any, a: Any, b: Any, bias: Any = None) -> Any:  
 
 
 def _matmul_grad_b(g: Any, out: Any, a: Any, b: Any, bias: Any = None) -> Any:
+    if a.ndim == 2 == b.ndim:
+        return a.T @ g
     if a.ndim == 1:
         return g * a if b.ndim == 1 else _append_axis(a) * g.reshape(g.shape[:-1] + (1, g.shape[-1]))
     if b.ndim == 1:
@@ -128,16 +132,24 @@ matmul = Op("matmul", np.matmul, _matmul_grad_a, _matmul_grad_b, explain=_matmul
 
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias: Any) -> np.ndarray:
-    out = np.matmul(x, weight)
-    if (type(out) is np.ndarray and getattr(bias, "dtype", None) == out.dtype
-            and bias.shape == out.shape[out.ndim - bias.ndim:]):
-        return np.add(out, bias, out=out)  # into the fresh product: one array, not two
+    out = x @ weight
+    # A layer's bias (a vector of the product's dtype) is added into the fresh product:
+    # one array, not two. `is` compares dtypes cheaply; a false negative takes the general path.
+    if type(out) is np.ndarray and type(bias) is np.ndarray and bias.dtype is out.dtype \
+            and bias.shape == out.shape[-1:]:
+        out += bias
+        return out
     return out + bias
 
 
+def _bias_grad(g: Any, out: Any, x: Any, weight: Any, bias: Any) -> Any:
+    # Called only when the bias is a Tensor (its array here). A vector bias, the usual layer, is
+    # summed over the batch here, on the hot path; other shapes are summed by the tape.
+    return sum_first_axis(g) if g.ndim == 2 and bias.ndim == 1 else g
+
+
 # A layer's x @ W + b as one node: half the bookkeeping of matmul then add.
-linear = Op("linear", _linear, _matmul_grad_a, _matmul_grad_b,
-            lambda g, out, x, weight, bias: g, explain=_linear_mismatch)
+linear = Op("linear", _linear, _matmul_grad_a, _matmul_grad_b, _bias_grad, explain=_linear_mismatch)
 
 
 # -- element-wise functions ------------------------------------------------------------------

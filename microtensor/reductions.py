@@ -23,7 +23,8 @@ _BLAS_TYPES = "fd"  # float32 and float64: the dtypes matmul hands to BLAS
 
 
 @functools.lru_cache(maxsize=64)
-def _ones(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def shared_ones(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A read-only array of ones, made once per shape and dtype and shared by every caller."""
     ones = np.ones(shape, dtype)
     ones.flags.writeable = False  # shared by every call with this shape
     return ones
@@ -32,14 +33,14 @@ def _ones(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def sum_keepdims(x: np.ndarray, axis: int) -> np.ndarray:
     """``x.sum(axis=axis, keepdims=True)`` for one axis."""
     if x.dtype.char in _BLAS_TYPES and x.ndim and axis in (-1, x.ndim - 1):
-        return x @ _ones((x.shape[-1], 1), x.dtype)  # a column of ones keeps the summed axis
+        return x @ shared_ones((x.shape[-1], 1), x.dtype)  # a column of ones keeps the summed axis
     return np.add.reduce(x, axis=axis, keepdims=True)
 
 
 def sum_first_axis(x: Any) -> Any:
     """``x.sum(axis=0)``; ``x`` may also be a Tensor (under ``create_graph``), summed as usual."""
     if type(x) is np.ndarray and x.dtype.char in _BLAS_TYPES and x.ndim == 2:
-        return _ones((x.shape[0],), x.dtype) @ x
+        return shared_ones((x.shape[0],), x.dtype) @ x
     return x.sum(axis=0)
 
 
