@@ -21,8 +21,8 @@ def _array(x: Any) -> np.ndarray:
     return x.data if isinstance(x, mt.Tensor) else np.asarray(x)
 
 
-def _check_not_empty(x: Any, where: str, what: str) -> None:
-    if np.size(x) == 0:
+def _check_not_empty(x: np.ndarray, where: str, what: str) -> None:
+    if x.size == 0:
         raise ValueError(f"{where}: {what} of shape {np.shape(x)} are empty; a mean loss over no "
                          f"examples is undefined (check how the batch was sliced)")
 

@@ -84,7 +84,7 @@ def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: S
     x, y = step.ravel(), param.ravel()  # y is a view; x is one too unless step has another layout
     size = y.size
     if 0 < size <= _AXPY_CHUNK:  # the usual small layer: one call (BLAS refuses empty arrays)
-        axpy(x, y, a=-scale)
+        axpy(x, y, size, -scale)  # n, a: positional, as f2py parses keywords by name on every call
         return
     for start in range(0, size, _AXPY_CHUNK):
         axpy(x, y, min(_AXPY_CHUNK, size - start), -scale, start, 1, start, 1)  # n, a, offsets, steps
@@ -159,8 +159,9 @@ class Optimizer:
                 if type(grad) is not np.ndarray or grad.shape != data.shape:  # the usual case skips the call
                     grad = _checked_gradient(type(self).__name__, p)
                 updates.append((p, data, grad, group))
+        state, update = self.state, self._update
         for p, data, grad, group in updates:
-            self._update(data, grad, self.state.setdefault(p, {}), group)
+            update(data, grad, state.setdefault(p, {}), group)
             # Assigning the updated array back marks it changed, so backward through a
             # graph recorded before this step refuses to run, as in PyTorch.
             p.data = data
