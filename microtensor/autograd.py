@@ -322,18 +322,20 @@ def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
 
 
 def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
-    if output._data.dtype.kind != "f":
+    data = output._data
+    if data.dtype.kind != "f":
         raise TypeError(f"backward: the output has dtype {output.dtype}, but gradients need a "
                         f"floating-point output; a complex or object value entered the computation")
-    if gradient is None:
-        if output._data.size != 1:
+    if gradient is None:  # the usual loss.backward()
+        if data.size != 1:
             raise ValueError(
                 f"backward: grad can be implicitly created only for scalar outputs, but the "
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        gradient = shared_ones(output._data.shape, output._data.dtype)  # read-only: VJPs never write to g
-    elif isinstance(gradient, Tensor) and create_graph:
+        ones = shared_ones(data.shape, data.dtype)  # read-only: VJPs never write to g
+        return Tensor(np.array(ones)) if create_graph else ones
+    if isinstance(gradient, Tensor) and create_graph:
         pass
     else:
         array = np.asarray(gradient._data if isinstance(gradient, Tensor) else gradient)
@@ -465,7 +467,12 @@ def run_backward(
                 captured.setdefault(key, grads[key])
         return [_as_gradient(captured.get(id(t)), t, create_graph) for t in inputs]
     for key, leaf in leaves.items():
-        leaf.grad = _add_into(leaf.grad, grads[key], leaf)
+        total = grads[key]
+        # The usual case, a first gradient of the leaf's own dtype, without a call.
+        if leaf.grad is None and total.dtype == leaf._data.dtype:
+            leaf.grad = total
+        else:
+            leaf.grad = _add_into(leaf.grad, total, leaf)
     return None
 
 
