@@ -25,6 +25,8 @@ import numpy as np
 
 import microtensor as mt
 
+_scope_state = mt.scope.state  # this thread's scope names, as mt.scope keeps them
+
 
 class Parameter(mt.Tensor):
     """A Tensor that a Module registers as trainable; it always requires grad.
@@ -72,7 +74,7 @@ class Module:
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
-        object.__setattr__(self, "_scope", mt.scope(type(self).__name__))  # one object, entered on every call
+        object.__setattr__(self, "_scope_name", type(self).__name__)  # ops it runs are tagged with this
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -93,7 +95,7 @@ class Module:
         elif isinstance(value, Module):
             modules[name] = value
             # Ops run in this child are tagged with the name its parent knows it by.
-            object.__setattr__(value, "_scope", mt.scope(name))
+            object.__setattr__(value, "_scope_name", name)
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -107,8 +109,13 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self._scope:
+        # mt.scope(name), entered by hand: a with block would cost more than the rest of the call.
+        outer = _scope_state.current
+        _scope_state.current = outer + (self._scope_name,)
+        try:
             return self.forward(*args, **kwargs)
+        finally:
+            _scope_state.current = outer
 
     # -- walking the tree -------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:

@@ -108,6 +108,17 @@ def test_scope_is_closed_after_the_call():
     assert y._node.scope == ()
 
 
+def test_scope_is_closed_when_forward_raises_and_inside_an_outer_scope():
+    model = nn.TwoLayerNet(2, 3, 2)
+    with mt.scope("outer"):
+        with pytest.raises(ValueError, match="linear"):
+            model(np.ones((1, 5), dtype=np.float32))  # fc1 wants 2 features
+        assert mt.scope.state.current == ("outer",)
+        out = model(np.ones((1, 2), dtype=np.float32))
+    assert out._node.scope == ("outer", "TwoLayerNet", "fc2")
+    assert mt.scope.state.current == ()
+
+
 def recorded_scopes(out):
     """The scope of every recorded op ``out`` depends on (read from the tape nodes, as the renderer does)."""
     scopes, stack = set(), [out]
