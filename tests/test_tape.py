@@ -201,6 +201,19 @@ def test_backward_with_create_graph_makes_grad_a_tensor_with_a_graph():
     np.testing.assert_allclose(x.grad, [12.0])
 
 
+def test_second_derivatives_through_linear_include_its_bias(rng):
+    # linear sums a vector bias's gradient in its own VJP; under create_graph that sum is recorded too.
+    x = rng.standard_normal((5, 3))
+    W = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = Tensor(rng.standard_normal(4), requires_grad=True)
+    out = mt.linear(x, W, b)
+    gW, gb = mt.grad((out * out).sum(), [W, b], create_graph=True)
+    np.testing.assert_allclose(gb.data, 2 * (x @ W.data + b.data).sum(axis=0))
+    hW, hb = mt.grad(gb.sum(), [W, b])  # sum(gb) = 2 * sum(x @ W + b)
+    np.testing.assert_allclose(hb, np.full(4, 2.0 * 5))
+    np.testing.assert_allclose(hW, np.tile(2 * x.sum(axis=0)[:, None], (1, 4)))
+
+
 @requires_torch
 def test_hessian_vector_product_of_an_mlp_loss_matches_pytorch(rng):
     X, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
