@@ -38,6 +38,11 @@ How it is measured:
 - The implementations run interleaved in rounds, one block of steps each per round, the
   order rotating. A ratio is the median over rounds of the step time divided by the
   NumPy step's time in the same round; the spread is in "Every measurement".
+- A target's verdict follows that median. Next to it is a confidence interval of at least
+  95% for the median (of 15 rounds: the 4th smallest and the 4th largest ratio, which needs
+  no assumption about how the rounds are distributed). When the target lies inside the
+  interval, the verdict adds "(within noise)": the run cannot tell the two apart, and
+  another run may give the other verdict.
 - "matmuls only" runs just the matrix products a step makes: the floor BLAS sets.
 - scikit-learn's `MLPClassifier` does one `partial_fit` per step (plain SGD, no L2, the
   whole batch). With two classes (W1) it has one logistic output instead of a two-way

@@ -186,6 +186,26 @@ def test_targets_are_marked_met_or_not_met_from_the_measured_ratios():
     }
 
 
+def test_a_target_inside_the_medians_confidence_interval_is_flagged_as_within_noise():
+    report = synthetic_report({"W1": 1.4, "W3": 1.06}, floor_ratio=1.0)
+    w1, w3 = report.results
+    w1.ratio_interval, w3.ratio_interval = [1.38, 1.45], [1.03, 1.08]
+    rows = {target: (measured, verdict)
+            for target, measured, verdict, _ in bench.speed_targets(report, "float64")}
+    assert rows["W1 <= 1.5x NumPy"] == ("1.40x (1.38-1.45)", "met")
+    assert rows["W3 <= 1.05x NumPy"] == ("1.06x (1.03-1.08)", "**not met** (within noise)")
+
+
+def test_the_median_interval_is_the_order_statistics_a_binomial_test_gives():
+    rng = np.random.default_rng(0)
+    assert bench.median_interval(range(1, 16)) == (4, 12)  # P(Binomial(15, 1/2) <= 3) = 1.8%
+    assert bench.median_interval(range(1, 6)) == (1, 5)  # too few rounds: the whole range
+    # Over many samples of 15 rounds, the interval holds the true median at least 95% of the time.
+    held = sum(low <= 0 <= high for low, high in (bench.median_interval(rng.standard_normal(15))
+                                                  for _ in range(4000)))
+    assert held / 4000 >= 0.95
+
+
 def test_memory_targets_compare_peak_rss_and_growth_with_their_limits():
     memory = {
         "peak": {"numpy": {"setup_kib": 50, "peak_kib": 100},

@@ -51,7 +51,15 @@ from nn.bench.steps import (
     resolve,
 )
 from nn.bench.system import allocator, in_fresh_process, load_average, machine, pin_allocator, set_threads
-from nn.bench.timing import TOLERANCE, bench_workload, disagreement, first_step, interleave, time_tools
+from nn.bench.timing import (
+    TOLERANCE,
+    bench_workload,
+    disagreement,
+    first_step,
+    interleave,
+    median_interval,
+    time_tools,
+)
 from nn.bench.workloads import TOOLS_WORKLOAD, WORKLOADS, Problem, Workload, make_problem
 
 __all__ = [
@@ -61,6 +69,7 @@ __all__ = [
     "NumpyStep", "MatmulFloor", "MicrotensorTensors", "MicrotensorNN", "TorchEager", "TorchNN",
     "SklearnMLP", "matmul_operands", "microtensor_loss",
     "TOLERANCE", "first_step", "disagreement", "interleave", "bench_workload", "time_tools",
+    "median_interval",
     "Report", "Result", "render", "speed_targets", "tool_targets", "memory_targets",
     "peak_rss", "peak_rss_in_fresh_process", "memory_growth", "memory_growth_in_fresh_process",
     "machine", "set_threads", "pin_allocator", "allocator", "in_fresh_process",

@@ -27,6 +27,9 @@ class Result:
     ratio_min: float | None = None
     ratio_max: float | None = None
     floor_ratio: float | None = None  # median of per-round ratios to the matmul floor
+    # 95% confidence intervals of those two medians (see timing.median_interval)
+    ratio_interval: list[float] | None = None  # [low, high]
+    floor_interval: list[float] | None = None
 
 
 @dataclass
@@ -133,6 +136,19 @@ def _verdict(met: bool) -> str:
     return "met" if met else "**not met**"
 
 
+def _judged(ratio: float, interval: Sequence[float] | None, most: float) -> tuple[str, str]:
+    """(measured, verdict) of a median ratio against its target.
+
+    The verdict follows the median; when the target lies inside the median's confidence
+    interval, the run cannot tell the two apart, and the verdict says so.
+    """
+    if interval is None:
+        return _ratio(ratio), _verdict(ratio <= most)
+    low, high = interval
+    verdict = _verdict(ratio <= most) + (" (within noise)" if low <= most <= high else "")
+    return f"{_ratio(ratio)} ({low:.2f}-{high:.2f})", verdict
+
+
 def speed_targets(report: Report, dtype: str) -> list[tuple[str, str, str, str]]:
     """(target, measured, verdict, setting) for each speed target this report can judge."""
     rows = []
@@ -142,11 +158,11 @@ def speed_targets(report: Report, dtype: str) -> list[tuple[str, str, str, str]]
         result = found.get(workload)
         if result is None or result.ratio is None:
             continue
-        rows.append((f"{workload} <= {most}x NumPy", _ratio(result.ratio), _verdict(result.ratio <= most),
+        rows.append((f"{workload} <= {most}x NumPy", *_judged(result.ratio, result.ratio_interval, most),
                      setting))
         if most_floor is not None and result.floor_ratio is not None:
-            rows.append((f"{workload} <= {most_floor}x matmul floor", _ratio(result.floor_ratio),
-                         _verdict(result.floor_ratio <= most_floor), setting))
+            rows.append((f"{workload} <= {most_floor}x matmul floor",
+                         *_judged(result.floor_ratio, result.floor_interval, most_floor), setting))
     return rows
 
 

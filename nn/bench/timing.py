@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +113,26 @@ def _paired_ratios(times: list[float], baseline: list[float]) -> list[float]:
     return [t / b for t, b in zip(times, baseline)]
 
 
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """A confidence interval of at least 95% for the median of what ``values`` sample.
+
+    Distribution-free: the k-th smallest and k-th largest value, for the largest k with
+    P(Binomial(n, 1/2) < k) <= 2.5%. Fewer than six values give their whole range.
+
+    >>> median_interval(range(1, 16))  # 15 rounds: the 4th smallest and the 4th largest
+    (4, 12)
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    k, below = 0, 0.0  # below becomes P(Binomial(n, 1/2) <= k)
+    while True:
+        below += math.comb(n, k) / 2 ** n
+        if below > 0.025:
+            break
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k else (ordered[0], ordered[-1])
+
+
 def _summarise(workload: str, dtype: str, checks: dict[str, tuple[str, bool | None]],
                times: dict[str, list[float]], steps: dict[str, int]) -> list[Result]:
     results = []
@@ -124,8 +145,11 @@ def _summarise(workload: str, dtype: str, checks: dict[str, tuple[str, bool | No
             result.minimum, result.maximum = min(times[name]), max(times[name])
             result.ratio = statistics.median(ratios)
             result.ratio_min, result.ratio_max = min(ratios), max(ratios)
+            result.ratio_interval = list(median_interval(ratios))
             if FLOOR.name in times:
-                result.floor_ratio = statistics.median(_paired_ratios(times[name], times[FLOOR.name]))
+                floor_ratios = _paired_ratios(times[name], times[FLOOR.name])
+                result.floor_ratio = statistics.median(floor_ratios)
+                result.floor_interval = list(median_interval(floor_ratios))
         results.append(result)
     return results
 
