@@ -117,7 +117,7 @@ def median_interval(values: Sequence[float]) -> tuple[float, float]:
     """A confidence interval of at least 95% for the median of what ``values`` sample.
 
     Distribution-free: the k-th smallest and k-th largest value, for the largest k with
-    P(Binomial(n, 1/2) < k) <= 2.5%. Fewer than six values give their whole range.
+    P(Binomial(n, 1/2) < k) <= 2.5%. Eight values or fewer give their whole range.
 
     >>> median_interval(range(1, 16))  # 15 rounds: the 4th smallest and the 4th largest
     (4, 12)
