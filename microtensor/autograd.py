@@ -176,6 +176,8 @@ class Op:
     for its input. Arguments are ndarrays on the first-order path and Tensors under
     ``create_graph=True``, so a VJP is written with operators and methods that both
     share. Gradients are summed back to each input's shape by the tape, not the VJP.
+    ``g`` may be shared with other VJPs and read-only: a VJP returns a new array (or a
+    view), never writes into ``g``.
 
     An op whose derivative needs a value its forward computed anyway (the softmax inside
     a cross-entropy, say) is made with ``saves=True``: its forward returns
