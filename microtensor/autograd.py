@@ -339,9 +339,8 @@ def _root_gradient(output: Tensor, gradient: Any, create_graph: bool) -> Any:
                 f"output has shape {output.shape}; pass gradient= with that shape "
                 f"(or reduce the output first, e.g. .sum() or .mean())"
             )
-        ones = shared_ones(data.shape, data.dtype)  # read-only: VJPs never write to g
-        return Tensor(np.array(ones)) if create_graph else ones
-    if isinstance(gradient, Tensor) and create_graph:
+        gradient = shared_ones(data.shape, data.dtype)  # read-only: VJPs never write to g
+    elif isinstance(gradient, Tensor) and create_graph:
         pass
     else:
         array = np.asarray(gradient._data if isinstance(gradient, Tensor) else gradient)
@@ -473,12 +472,7 @@ def run_backward(
                 captured.setdefault(key, grads[key])
         return [_as_gradient(captured.get(id(t)), t, create_graph) for t in inputs]
     for key, leaf in leaves.items():
-        total = grads[key]
-        # The usual case, a first gradient of the leaf's own dtype, without a call.
-        if leaf.grad is None and total.dtype == leaf._data.dtype:
-            leaf.grad = total
-        else:
-            leaf.grad = _add_into(leaf.grad, total, leaf)
+        leaf.grad = _add_into(leaf.grad, grads[key], leaf)
     return None
 
 
