@@ -125,9 +125,13 @@ def an_index(draw: Any, shape: tuple) -> dict:
 
 
 def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """Independent of the engine's max-shift: log-sum-exp by pairwise logaddexp."""
-    np.max(x, axis=axis)  # NumPy's verdict on the axis; an empty one has no max (documented)
-    return x - np.logaddexp.reduce(x, axis=axis, keepdims=True)
+    """Independent of the engine's shift (often one maximum for the whole array): each row
+    shifted by its own maximum, then log-sum-exp by pairwise logaddexp. Unshifted, logits of
+    1e10 lose seven digits to cancellation in x - logsumexp(x)."""
+    top = np.max(x, axis=axis, keepdims=True)  # an empty axis has no max: NumPy's error (documented)
+    with np.errstate(invalid="ignore"):  # inf - inf: nan, as the engine gives
+        shifted = x - top
+    return shifted - np.logaddexp.reduce(shifted, axis=axis, keepdims=True)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
