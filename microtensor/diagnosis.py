@@ -118,29 +118,30 @@ def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, shape))
 
 
-def _factor_meaning(c: float, batch_size: int | None) -> str:
-    named = {2.0: "twice the expected gradient: a factor 2 too many (d/dW of 0.5 * reg * W**2 is "
-                  "reg * W, not 2 * reg * W; or a term added twice)",
-             0.5: "half the expected gradient: a factor 2 is missing (d/dx of x**2 is 2 * x)"}
+def _factor_meaning(c: float, batch_size: int | None, of: str = "the expected gradient") -> str:
+    """What a factor ``c`` between the actual and the expected value ``of`` most likely means."""
+    named = {2.0: f"twice {of}: a factor 2 too many (a term added twice, or d/dx of 0.5 * x**2 "
+                  "taken as 2 * x instead of x)",
+             0.5: f"half {of}: a factor 2 is missing (d/dx of x**2 is 2 * x)"}
     if batch_size and batch_size > 1:
-        named[float(batch_size)] = (f"N = {batch_size} times the expected gradient, N the batch size: "
+        named[float(batch_size)] = (f"N = {batch_size} times {of}, N the batch size: "
                                     f"the 1/N of the mean over the batch is missing; divide by N")
-        named[1.0 / batch_size] = (f"1/N of the expected gradient (N = {batch_size}, the batch size): "
+        named[1.0 / batch_size] = (f"1/N of {of} (N = {batch_size}, the batch size): "
                                    f"divided by N once too often")
     for value, meaning in named.items():
         if _is_close(abs(c), value):
             return meaning
     if abs(c) > 1 and _is_close(abs(c), round(abs(c))):
-        return (f"{round(abs(c))} times the expected gradient: a missing division by {round(abs(c))} "
+        return (f"{round(abs(c))} times {of}: a missing division by {round(abs(c))} "
                 f"(a 1/N of a mean over {round(abs(c))} elements?)")
     if abs(c) < 1 and _is_close(1 / abs(c), round(1 / abs(c))):
         n = round(1 / abs(c))
-        return f"1/{n} of the expected gradient: divided by {n} once too often"
+        return f"1/{n} of {of}: divided by {n} once too often"
     hint = ""
     if 1 < abs(c) < 1.5:
         hint = (f"; if {abs(c):.4g} is 1 + reg, regularisation was applied to the gradient "
                 f"(dW + reg * dW) instead of the weight (dW + reg * W)")
-    return f"{abs(c):.4g} times the expected gradient: a constant factor in the formula is wrong{hint}"
+    return f"{abs(c):.4g} times {of}: a constant factor in the formula is wrong{hint}"
 
 
 # -- hypotheses on values alone -------------------------------------------------------------
@@ -256,6 +257,29 @@ def regularised_gradient(ev: Evidence) -> str | None:
         return None
     return (f"looks like dW + {reg:.3g} * dW: regularisation applied to the gradient instead of the "
             f"weight; the L2 gradient is reg * {ev.context.label}")
+
+
+def data_term_factor(ev: Evidence) -> str | None:
+    # dW = c * dW_data + reg * W: the loss's part off by a factor (a 1/N left out, say), the L2
+    # part as it should be. Two numbers are fitted, so reg is taken to be the loss's own.
+    weight = _weight(ev)
+    fit = None if weight is None else _least_squares([ev.expected, weight], ev.actual)
+    if fit is None:
+        return None
+    scale, extra = float(fit[0]), float(fit[1])
+    if _is_close(scale, 1.0) or not ev.fits(scale * ev.expected + extra * weight):
+        return None
+    reg = extra / (1 - scale)  # from actual = scale * (expected - reg * W) + reg * W
+    if not reg > 0:
+        return None
+    l2 = f"the L2 term {reg:.3g} * {ev.context.label}"
+    if abs(scale) < 1e-6:
+        return f"holds only {l2}: its data term (the gradient of the loss itself) is missing"
+    if _is_close(scale, -1.0):
+        return f"has {l2}, but the sign of its data term (the rest) is flipped"
+    meaning = _factor_meaning(scale, ev.context.batch_size, of="the expected data term")
+    flipped = "has the sign flipped and " if scale < 0 else ""
+    return f"has {l2}, but its data term (the rest) {flipped}is {meaning}"
 
 
 # -- hypotheses on the op that used the tensor ----------------------------------------------
@@ -507,7 +531,7 @@ HYPOTHESES: list[Hypothesis] = [
     wrong_relu_mask, missing_derivative, derivative_from_wrong_tensor, weight_gradient_from_wrong_input,
     log_softmax_without_g,
     cross_entropy_missing_term, carried_from_downstream, matmul_without_transpose, masked_too_early,
-    constant_factor, l2_term, regularised_gradient, computed_from_a_wrong_gradient,
+    constant_factor, l2_term, regularised_gradient, computed_from_a_wrong_gradient, data_term_factor,
     correct_only_where_relu_active, zeros_where_gradient_expected,
 ]
 

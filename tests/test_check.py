@@ -282,6 +282,32 @@ def test_compare_grads_with_params_recognises_a_missing_l2_term(rng):
     assert report["W"].diagnosis.startswith("misses the L2 term 0.01 * W")
 
 
+@pytest.mark.parametrize("scale, words", [
+    (16.0, "has the L2 term 0.01 * W, but its data term (the rest) is N = 16 times the expected data term"),
+    (1 / 16, "its data term (the rest) is 1/N of the expected data term (N = 16"),
+    (-1.0, "has the L2 term 0.01 * W, but the sign of its data term (the rest) is flipped"),
+    (-2.0, "its data term (the rest) has the sign flipped and is twice the expected data term"),
+    (0.0, "holds only the L2 term 0.01 * W: its data term"),
+])
+def test_compare_grads_names_a_data_term_off_by_a_factor_under_a_right_l2_term(rng, scale, words):
+    # N * dW_data + reg * W is no multiple of dW_data + reg * W: the two parts are fitted apart.
+    W, data_grad = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    report = mt.compare_grads({"W": data_grad + 0.01 * W}, {"W": scale * data_grad + 0.01 * W},
+                              params={"W": W}, batch_size=16)
+    assert words in report["W"].diagnosis
+
+
+def test_a_data_term_factor_is_not_read_into_an_l2_term_of_another_size_or_a_random_error(rng):
+    W, data_grad = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    expected = {"W": data_grad + 0.01 * W}
+    # (1 + reg) * dW_data is its own mistake, named first.
+    regularised = mt.compare_grads(expected, {"W": 1.01 * data_grad}, params={"W": W})
+    assert regularised["W"].diagnosis.startswith("looks like dW + 0.01 * dW")
+    noise = mt.compare_grads(expected, {"W": 16 * data_grad + 0.01 * W + 1e-3 * rng.standard_normal((4, 3))},
+                             params={"W": W})
+    assert noise["W"].diagnosis.startswith("is off by up to")
+
+
 def test_compare_grads_with_a_batch_size_names_the_factor_n(rng):
     g = rng.standard_normal((4, 3))
     report = mt.compare_grads({"W": g}, {"W": 16 * g}, batch_size=16)
