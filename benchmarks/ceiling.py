@@ -116,7 +116,6 @@ class CeilingTape:
         self.X, self.y, self.lr = problem.X, problem.y, problem.lr
         self.layers = [Linear(w, b) for w, b in zip(problem.weights[0::2], problem.weights[1::2])]
         self.params = [p for layer in self.layers for p in (layer.weight, layer.bias)]
-        self.states: list[dict] = [{} for _ in self.params]
 
     def step(self) -> Any:
         for p in self.params:
@@ -126,8 +125,8 @@ class CeilingTape:
             h = layer(relu(h))
         loss = cross_entropy(h, self.y)
         backward(loss)
-        for p, state in zip(self.params, self.states):  # the same update as microtensor's
-            _subtract_scaled(p.data, p.grad, self.lr, state)
+        for p in self.params:  # the same update as microtensor's
+            _subtract_scaled(p.data, p.grad, self.lr)
         return loss.data
 
     def gradients(self) -> list[np.ndarray] | None:

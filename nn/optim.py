@@ -61,14 +61,14 @@ def _axpy(dtype_char: str) -> Callable[..., np.ndarray] | None:
     return getattr(blas, name)
 
 
-def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: State) -> None:
+def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float) -> None:
     """``param -= scale * step`` in place.
 
     BLAS's ``axpy`` when both are float32 or float64 and ``param`` is contiguous: a single
     pass over the arrays, two to three times as fast as NumPy's ``scale * step`` followed by
-    the subtraction, which is what other layouts and dtypes get (through a scratch array).
+    the subtraction, which is what other layouts and dtypes get.
 
-    >>> p = np.ones(2); _subtract_scaled(p, np.full(2, 2.0), 0.25, {}); p
+    >>> p = np.ones(2); _subtract_scaled(p, np.full(2, 2.0), 0.25); p
     array([0.5, 0.5])
     """
     # BLAS skips the whole update when scale is 0, where IEEE (and PyTorch) make 0 * inf nan.
@@ -79,7 +79,7 @@ def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float, state: S
         layout = param.flags
     if axpy is None or not layout.c_contiguous:
         with np.errstate(all="ignore"):  # quiet about inf and nan, as BLAS and backward are
-            param -= np.multiply(step, scale, out=_work_buffer(state, param))
+            param -= np.multiply(step, scale)
         return
     x, y = step.ravel(), param.ravel()  # y is a view; x is one too unless step has another layout
     size = y.size
@@ -159,14 +159,15 @@ class Optimizer:
                 if type(grad) is not np.ndarray or grad.shape != data.shape:  # the usual case skips the call
                     grad = _checked_gradient(type(self).__name__, p)
                 updates.append((p, data, grad, group))
-        state, update = self.state, self._update
+        update = self._update
         for p, data, grad, group in updates:
-            update(data, grad, state.setdefault(p, {}), group)
+            update(p, data, grad, group)
             # Assigning the updated array back marks it changed, so backward through a
             # graph recorded before this step refuses to run, as in PyTorch.
             p.data = data
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
+    def _update(self, p: mt.Tensor, param: np.ndarray, grad: np.ndarray, group: Group) -> None:
+        """Update ``param``, the array of ``p``, in place; ``p``'s buffers live in ``self.state[p]``."""
         raise NotImplementedError
 
 
@@ -205,8 +206,10 @@ class SGD(Optimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
+    def _update(self, p: mt.Tensor, param: np.ndarray, grad: np.ndarray, group: Group) -> None:
         momentum, weight_decay = group["momentum"], group["weight_decay"]
+        if momentum or weight_decay:  # plain SGD keeps no state: looking it up costs 1% of a small step
+            state = self.state.setdefault(p, {})
         if weight_decay:
             work = _work_buffer(state, param)
             np.multiply(param, weight_decay, out=work)
@@ -219,7 +222,7 @@ class SGD(Optimizer):
                 buf *= momentum
                 buf += (1 - group["dampening"]) * grad if group["dampening"] else grad
             grad = grad + momentum * buf if group["nesterov"] else buf
-        _subtract_scaled(param, grad, group["lr"], state)
+        _subtract_scaled(param, grad, group["lr"])
 
 
 class Adam(Optimizer):
@@ -256,7 +259,8 @@ class Adam(Optimizer):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"Adam: invalid beta {beta!r}; betas must be in [0, 1)")
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: State, group: Group) -> None:
+    def _update(self, p: mt.Tensor, param: np.ndarray, grad: np.ndarray, group: Group) -> None:
+        state = self.state.setdefault(p, {})
         beta1, beta2 = group["betas"]
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param
