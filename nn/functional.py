@@ -84,6 +84,13 @@ def cross_entropy(logits: Any, y: Any) -> mt.Tensor:
     1.3863
     """
     logits = logits if isinstance(logits, mt.Tensor) else mt.Tensor(logits)
+    if type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu":
+        # Labels, as a training loop passes them: the op checks them itself, so they are checked
+        # here (for this function's wording) only once it refused them. That saves 3% of a small step.
+        try:
+            return mt.softmax_cross_entropy(logits, y)
+        except ValueError:
+            pass
     return mt.softmax_cross_entropy(logits, _target(y, logits, "cross_entropy", "logits"))
 
 
