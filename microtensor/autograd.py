@@ -271,9 +271,18 @@ class _Anomaly(threading.local):
 
 
 _anomaly = _Anomaly()
-def next_position() -> int:
-    """A tape position later than every op recorded so far (marks in-place changes too)."""
-    return next(_tape_position)
+_latest_change = -1  # the tape position of the latest in-place change to any tensor
+
+
+def change_position() -> int:
+    """The tape position of an in-place change made now: later than every op recorded so far.
+
+    Backward looks for changed tensors only around ops recorded before the latest change,
+    so a training loop (which changes its weights before the forward) never pays for it.
+    """
+    global _latest_change
+    _latest_change = next(_tape_position)
+    return _latest_change
 
 
 def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
@@ -407,6 +416,7 @@ def run_backward(
     wanted = None if inputs is None else {id(t) for t in inputs}
     captured: dict[int, Any] = {}
     detector = _anomaly.detector
+    latest_change = _latest_change
     # A leaf's gradient must never be, or share memory with, another tensor's; only .grad needs
     # a copy (grad() hands back what it captured, and create_graph makes new Tensors anyway).
     copy_shared = wanted is None and not create_graph
@@ -426,8 +436,8 @@ def run_backward(
                     captured[id(t)] = g
             elif t._retains_grad:
                 t.grad = _add_into(t.grad, _as_gradient(g, t, create_graph), t)
-            if t._modified_at > position:
-                raise _modified_error(node, t, "its output")
+            if position < latest_change:
+                _check_unchanged(node, t, position)
             # Every VJP of the node takes the same arguments, so they are gathered once.
             if create_graph:  # Tensors, and the constants as the forward saw them (lists as arrays)
                 args = (g, t, *[a if isinstance(a, Tensor) else array
@@ -437,11 +447,7 @@ def run_backward(
                 args, params = (g, t._data, *node.arrays), node.first_order_params()
             vjps = node.op.vjps
             for i, a in enumerate(node.inputs):
-                if not isinstance(a, Tensor):
-                    continue
-                if a._modified_at > position:
-                    raise _modified_error(node, a, f"input {i}")
-                if not a.requires_grad:
+                if not isinstance(a, Tensor) or not a.requires_grad:
                     continue
                 ga = vjps[i](*args, **params) if params else vjps[i](*args)
                 if detector is not None:
@@ -483,6 +489,15 @@ def _summed_to_input(grad: Any, shape: tuple[int, ...], node: Node, i: int) -> A
         raise ValueError(f"backward: the derivative of {node.op.name} gave input {i} a gradient of "
                          f"shape {grad.shape}, but the input has shape {shape}; the op's VJP is wrong")
     return grad
+
+
+def _check_unchanged(node: Node, output: Tensor, position: int) -> None:
+    """Refuse to differentiate an op whose output or inputs changed in place after it ran."""
+    if output._modified_at > position:
+        raise _modified_error(node, output, "its output")
+    for i, a in enumerate(node.inputs):
+        if isinstance(a, Tensor) and a._modified_at > position:
+            raise _modified_error(node, a, f"input {i}")
 
 
 def _modified_error(node: Node, tensor: Tensor, role: str) -> RuntimeError:

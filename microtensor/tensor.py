@@ -70,7 +70,7 @@ class Tensor:
             if self.requires_grad:
                 _check_differentiable_dtype(value.dtype, "Tensor.data")
             self._data = value
-        self._modified_at = autograd.next_position()
+        self._modified_at = autograd.change_position()
 
     @property
     def shape(self) -> tuple[int, ...]:

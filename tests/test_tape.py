@@ -273,6 +273,24 @@ def test_changing_an_op_output_that_its_derivative_reads_is_an_error():
         loss.backward()
 
 
+def test_changing_an_input_that_needs_no_gradient_is_an_error_when_another_inputs_derivative_reads_it():
+    x = Tensor(np.ones((4, 3)), name="x")  # data: no gradient of its own, but d(x @ W)/dW is x.T @ g
+    W = Tensor(np.ones((3, 2)), requires_grad=True)
+    loss = (x @ W).sum()
+    x.data += 1
+    with pytest.raises(RuntimeError, match=r"'x' \(shape \(4, 3\)\), input 0 of matmul.*in place"):
+        loss.backward()
+
+
+def test_changing_a_tensor_the_graph_does_not_use_leaves_backward_alone():
+    W = Tensor(np.ones((3, 2)), requires_grad=True)
+    other = Tensor(np.ones(2), requires_grad=True)
+    loss = (np.ones((4, 3)) @ W).sum()
+    other.data -= 1  # a change after the forward, so backward looks, and finds the graph's tensors unchanged
+    loss.backward()
+    np.testing.assert_allclose(W.grad, np.full((3, 2), 4.0))
+
+
 def test_changing_parameters_after_backward_is_the_normal_training_loop():
     W = Tensor(np.ones((3, 2)), requires_grad=True)
     x = np.ones((4, 3))
