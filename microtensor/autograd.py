@@ -271,6 +271,7 @@ class _Anomaly(threading.local):
 
 
 _anomaly = _Anomaly()
+
 _latest_change = -1  # the tape position of the latest in-place change to any tensor
 
 

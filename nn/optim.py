@@ -208,8 +208,10 @@ class SGD(Optimizer):
 
     def _update(self, p: mt.Tensor, param: np.ndarray, grad: np.ndarray, group: Group) -> None:
         momentum, weight_decay = group["momentum"], group["weight_decay"]
-        if momentum or weight_decay:  # plain SGD keeps no state: looking it up costs 1% of a small step
-            state = self.state.setdefault(p, {})
+        if not (momentum or weight_decay):  # plain SGD keeps no state: looking it up costs 1% of a small step
+            _subtract_scaled(param, grad, group["lr"])
+            return
+        state = self.state.setdefault(p, {})
         if weight_decay:
             work = _work_buffer(state, param)
             np.multiply(param, weight_decay, out=work)
