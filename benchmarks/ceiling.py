@@ -142,11 +142,7 @@ CEILING = bench.Implementation("ceiling", "throwaway tape", CeilingTape)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3"])
-    parser.add_argument("--dtype", default="float64", choices=sorted(bench.TOLERANCE))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--block", type=float, default=0.05, help="seconds per block")
-    args = parser.parse_args(argv)
+    args = bench.add_experiment_arguments(parser, rounds=15).parse_args(argv)
     bench.pin_allocator()
     bench.set_threads(args.threads)
     workloads = {w.name: w for w in bench.WORKLOADS}

@@ -336,3 +336,20 @@ def test_the_ceiling_benchmark_runs_and_prints_its_table():
     row = next(line for line in done.stdout.splitlines() if line.startswith("| W1"))
     # microtensor's and the throwaway tape's ratios, to the NumPy step and to the matmuls alone
     assert len(re.findall(r"\| \d+\.\d\dx \(\d+\.\d\dx\)", row)) == 2, row
+
+
+@pytest.mark.parametrize("variant", list(load_runner("ablate").VARIANTS))
+def test_every_stand_in_of_the_ablation_benchmark_trains_like_the_numpy_reference(variant):
+    ablate = load_runner("ablate")
+    problem = make_problem(THREE_LAYER)
+    trainer = ablate.Variant(problem, **ablate.VARIANTS[variant])
+    assert bench.disagreement(bench.first_step(NumpyStep(problem)), bench.first_step(trainer),
+                              bench.TOLERANCE["float64"]) is None
+
+
+def test_the_ablation_benchmark_runs_and_prints_a_row_per_variant():
+    command = [sys.executable, str(BENCHMARKS / "ablate.py"), "--rounds", "1", "--block", "0.001"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == len(load_runner("ablate").VARIANTS), done.stdout

@@ -63,7 +63,7 @@ from nn.bench.timing import (
 from nn.bench.workloads import TOOLS_WORKLOAD, WORKLOADS, Problem, Workload, make_problem
 
 __all__ = [
-    "run", "main", "add_arguments", "run_command", "DESCRIPTION", "QUICK", "FULL",
+    "run", "main", "add_arguments", "run_command", "add_experiment_arguments", "DESCRIPTION", "QUICK", "FULL",
     "Workload", "WORKLOADS", "TOOLS_WORKLOAD", "Problem", "make_problem",
     "Trainer", "Implementation", "IMPLEMENTATIONS", "REFERENCE", "FLOOR", "TARGET", "resolve",
     "NumpyStep", "MatmulFloor", "MicrotensorTensors", "MicrotensorNN", "TorchEager", "TorchNN",
@@ -114,6 +114,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--workloads", nargs="+", default=[w.name for w in WORKLOADS],
                         choices=[w.name for w in WORKLOADS])
     parser.add_argument("--implementations", nargs="+", default=None, choices=list(IMPLEMENTATIONS))
+    return parser
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser, rounds: int) -> argparse.ArgumentParser:
+    """The options every timing script in ``benchmarks/`` shares, added to ``parser``: ``--dtype``,
+    ``--threads``, ``--rounds`` (``rounds`` by default) and ``--block`` (seconds per block).
+
+    >>> add_experiment_arguments(argparse.ArgumentParser(), rounds=15).parse_args(["--rounds", "3"]).rounds
+    3
+    """
+    parser.add_argument("--dtype", default="float64", choices=sorted(TOLERANCE))
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--rounds", type=positive_int, default=rounds)
+    parser.add_argument("--block", type=float, default=0.05, help="seconds per block")
     return parser
 
 
