@@ -243,15 +243,20 @@ def l2_term(ev: Evidence) -> str | None:
             f"reg * {name})")
 
 
+def _scaled_with_weight(ev: Evidence) -> tuple[np.ndarray, float, float] | None:
+    """The weight, and the ``scale`` and ``extra`` of ``actual ~ scale * expected + extra * W``;
+    None when the tensor is no parameter or the two cannot be told apart."""
+    weight = _weight(ev)
+    fit = None if weight is None else _least_squares([ev.expected, weight], ev.actual)
+    return None if fit is None else (weight, float(fit[0]), float(fit[1]))
+
+
 def regularised_gradient(ev: Evidence) -> str | None:
     # The mistake dW = (1 + reg) * dW_data, where the loss wants dW = dW_data + reg * W.
-    weight = _weight(ev)
-    if weight is None:
-        return None
-    fit = _least_squares([ev.expected, weight], ev.actual)
+    fit = _scaled_with_weight(ev)
     if fit is None:
         return None
-    scale = float(fit[0])
+    weight, scale, _ = fit
     reg = scale - 1
     if _is_close(scale, 1.0) or not ev.fits(scale * (ev.expected - reg * weight)):
         return None
@@ -262,11 +267,10 @@ def regularised_gradient(ev: Evidence) -> str | None:
 def data_term_factor(ev: Evidence) -> str | None:
     # dW = c * dW_data + reg * W: the loss's part off by a factor (a 1/N left out, say), the L2
     # part as it should be. Two numbers are fitted, so reg is taken to be the loss's own.
-    weight = _weight(ev)
-    fit = None if weight is None else _least_squares([ev.expected, weight], ev.actual)
+    fit = _scaled_with_weight(ev)
     if fit is None:
         return None
-    scale, extra = float(fit[0]), float(fit[1])
+    weight, scale, extra = fit
     if _is_close(scale, 1.0) or not ev.fits(scale * ev.expected + extra * weight):
         return None
     reg = extra / (1 - scale)  # from actual = scale * (expected - reg * W) + reg * W
