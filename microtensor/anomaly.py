@@ -1,12 +1,14 @@
 """Anomaly detection: stop at the first op whose forward or backward produces NaN or inf.
 
-The tape calls the active detector after every forward and every VJP; outside
-``detect_anomaly`` there is no detector, and the hot path pays a single ``is None`` test.
+The tape calls the active detector after every forward, and backward calls the VJPs
+through it; outside ``detect_anomaly`` there is no detector, and the hot path pays a
+single ``is None`` test per op and per node.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import ContextDecorator
 from typing import Any
 
@@ -63,10 +65,18 @@ class detect_anomaly(ContextDecorator):
 
     def check_forward(self, op: Op, result: Tensor, args: tuple) -> None:
         """Called by the tape after every forward: remember where, stop at NaN or inf."""
-        where = _user_location()
+        differentiating = _anomaly.backward_of
+        if differentiating:  # an op a VJP records under create_graph: part of that node's backward
+            node = differentiating[-1]
+            where = node.origin
+        else:
+            where = _user_location()
         if result._node is not None:
             result._node.origin = where  # for an anomaly its backward may find later
         found = _non_finite(result)
+        if found and differentiating:
+            raise AnomalyError(f"the backward of {node.op.name} produced {found} (in the {op.name} it "
+                               f"computes); {_created_at(node)}")
         if found:
             raise AnomalyError(
                 f"{op.name} produced {found} in its forward, at {where} (input shapes: {_shapes(args)})"
@@ -75,9 +85,25 @@ class detect_anomaly(ContextDecorator):
     def check_backward(self, node: Node, index: int, grad: Any) -> None:
         found = _non_finite(grad)
         if found:
-            origin = node.origin or "an unknown line (the forward ran outside detect_anomaly)"
-            raise AnomalyError(
-                f"the backward of {node.op.name} produced {found} in the gradient of its "
-                f"input {index}; the {node.op.name} was created at {origin} "
-                f"(input shapes: {_shapes(node.inputs)})"
-            )
+            raise AnomalyError(f"the backward of {node.op.name} produced {found} in the gradient of its "
+                               f"input {index}; {_created_at(node)}")
+
+    def watched_vjps(self, node: Node) -> tuple[Callable[..., Any], ...]:
+        """``node``'s VJPs, each checked for NaN and inf; the ops they record (under
+        ``create_graph``) are reported as part of this node's backward, not as forwards."""
+        def watched(index: int, vjp: Callable[..., Any]) -> Callable[..., Any]:
+            def checked(*args: Any, **params: Any) -> Any:
+                _anomaly.backward_of.append(node)
+                try:
+                    grad = vjp(*args, **params)
+                finally:
+                    _anomaly.backward_of.pop()
+                self.check_backward(node, index, grad)
+                return grad
+            return checked
+        return tuple(watched(i, vjp) for i, vjp in enumerate(node.op.vjps))
+
+
+def _created_at(node: Node) -> str:
+    origin = node.origin or "an unknown line (the forward ran outside detect_anomaly)"
+    return f"the {node.op.name} was created at {origin} (input shapes: {_shapes(node.inputs)})"

@@ -35,6 +35,11 @@ _tape_position = itertools.count()
 class _SetGradMode(ContextDecorator):
     _enabled: bool
 
+    def __new__(cls, function: Callable[..., Any] | None = None) -> Any:
+        # `@no_grad` without parentheses decorates too, as in PyTorch.
+        manager = super().__new__(cls)
+        return manager if function is None else manager(function)
+
     def __enter__(self) -> None:
         _grad_mode.previous.append(_grad_mode.enabled)
         _grad_mode.enabled = self._enabled
@@ -200,11 +205,13 @@ class Op:
         self.name = name
         self.forward = forward
         self.vjps = vjps
-        self.arity = len(vjps)  # how many inputs: the arguments after them are parameters
+        # How many inputs: the arguments after them are parameters. An op without VJPs (a
+        # comparison) has as many as its ufunc takes, or else only parameters.
+        self.arity = len(vjps) if vjps else getattr(forward, "nin", 0)
         self.differentiable = bool(vjps)
         self.saves = saves
         self.explain = explain
-        self.param_names = _param_names(forward, len(vjps))
+        self.param_names = _param_names(forward, self.arity)
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -212,14 +219,17 @@ class Op:
     def _bind(self, args: tuple, params: dict) -> tuple[tuple, dict]:
         """Positional arguments past the inputs are parameters: ``mt.sum(x, 0)`` is ``axis=0``."""
         inputs, extra = args[:self.arity], args[self.arity:]
-        if len(extra) > len(self.param_names) or set(self.param_names[:len(extra)]) & set(params):
-            raise TypeError(f"{self.name}: takes {self.arity} input(s) and the parameters "
-                            f"{', '.join(self.param_names)}; got {len(args)} positional arguments "
-                            f"and {', '.join(params) or 'no'} keywords")
+        twice = set(self.param_names[:len(extra)]) & set(params)
+        # A ufunc forward would take a stray argument as its out= (or where=), and write into it.
+        stray = bool(params) and isinstance(self.forward, np.ufunc)
+        if len(extra) > len(self.param_names) or twice or stray:
+            takes = f"the parameters {', '.join(self.param_names)}" if self.param_names else "no parameters"
+            raise TypeError(f"{self.name}: takes {self.arity} input(s) and {takes}; got {len(args)} "
+                            f"positional arguments and {', '.join(params) or 'no'} keywords")
         return inputs, {**dict(zip(self.param_names, extra)), **params}
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:
-        if len(args) > self.arity and self.param_names:
+        if len(args) > self.arity or params and not self.param_names:
             args, params = self._bind(args, params)
         arrays = []
         records = False
@@ -268,6 +278,7 @@ class _Anomaly(threading.local):
     def __init__(self) -> None:
         self.detector: Any = None
         self.previous: list[Any] = []
+        self.backward_of: list[Node] = []  # the nodes whose VJPs are running, innermost last
 
 
 _anomaly = _Anomaly()
@@ -313,6 +324,13 @@ def _freed_graph_error() -> RuntimeError:
         "released by the first backward. Specify retain_graph=True on the first "
         "backward() (or grad()) call if you need to backward through it again."
     )
+
+
+def expect_tensor(value: Any, where: str, what: str = "output") -> None:
+    """Refuse, in ``where``'s words, a ``value`` that is not a Tensor (an ndarray, say)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{where}: the {what} must be a Tensor (the result of ops on tensors), "
+                        f"got {type(value).__name__}")
 
 
 def recorded_nodes(outputs: Sequence[Tensor]) -> list[Tensor]:
@@ -408,9 +426,9 @@ def run_backward(
         key = id(out)
         if key in grads:  # the same output twice
             grads[key] = grads[key] + root
-        elif out._node is None:  # backward on a leaf: its gradient is the root gradient itself
+        elif out._node is None:  # backward on a leaf: its gradient is (a copy of) the root gradient
             leaves[key] = out
-            grads[key] = root if create_graph else np.array(root)
+            grads[key] = root * 1 if create_graph else np.array(root)
         else:
             grads[key] = root
             heapq.heappush(pending, (-out._node.position, out))
@@ -446,13 +464,11 @@ def run_backward(
                 params = node.params
             else:
                 args, params = (g, t._data, *node.arrays), node.first_order_params()
-            vjps = node.op.vjps
+            vjps = node.op.vjps if detector is None else detector.watched_vjps(node)
             for i, a in enumerate(node.inputs):
                 if not isinstance(a, Tensor) or not a.requires_grad:
                     continue
                 ga = vjps[i](*args, **params) if params else vjps[i](*args)
-                if detector is not None:
-                    detector.check_backward(node, i, ga)
                 shape = a._data.shape
                 if ga.shape != shape:
                     ga = _summed_to_input(ga, shape, node, i)
@@ -467,7 +483,7 @@ def run_backward(
                     leaves[key] = a
                     if copy_shared and (ga is g or ga.base is not None):
                         ga = ga.copy()
-                    elif create_graph and ga is g:
+                    elif create_graph and (ga is g or _shares_memory(ga)):
                         ga = ga * 1  # a new Tensor, still differentiable
                     grads[key] = ga
             if not retain_graph:
@@ -522,11 +538,20 @@ def _as_gradient(grad: Any, t: Tensor, create_graph: bool) -> Any:
     return np.array(grad, dtype=t.dtype)  # a copy: VJPs may return shared or read-only views
 
 
+def _shares_memory(grad: Any) -> bool:
+    """Whether a gradient (an array, or a Tensor under create_graph) is a view of another array."""
+    return (grad._data if isinstance(grad, Tensor) else grad).base is not None
+
+
 def _add_into(current: Any, grad: Any, t: Tensor) -> Any:
-    """``current + grad`` in ``t``'s dtype; ``grad`` is the caller's to hand over."""
+    """``current + grad`` in ``t``'s dtype, as an array (a Tensor under create_graph);
+    ``grad`` is the caller's to hand over."""
     if grad.dtype != t._data.dtype:
+        # requires_grad set on an integer tensor after it was made: the constructor refuses that.
+        _check_differentiable_dtype(t._data.dtype, "backward")
         grad = grad.astype(t._data.dtype)
-    return grad if current is None else current + grad
+    total = grad if current is None else current + grad
+    return np.asarray(total) if isinstance(total, np.generic) else total  # 0-d results are scalars
 
 
 @dataclass(frozen=True)
@@ -562,7 +587,7 @@ def describe_constant(value: Any) -> str:
     if isinstance(value, tuple):
         return "(" + ", ".join(describe_constant(v) for v in value) + ")"
     if isinstance(value, np.ndarray):
-        return f"array{value.shape}" if value.size > 1 else repr(value.item())
+        return f"array{value.shape}" if value.size != 1 else repr(value.item())
     return repr(value)
 
 
@@ -584,6 +609,7 @@ def tape(output: Tensor) -> Tape:
     v0 = mul(x, x)  # (2,) float64
     v1 = sum(v0)  # () float64
     """
+    expect_tensor(output, "tape")
     nodes = list(reversed(recorded_nodes([output])))
     labels: dict[int, str] = {}
     leaf_count = itertools.count()
@@ -621,8 +647,10 @@ def grad(
     >>> grad((x ** 3).sum(), x)
     (array([ 3., 12.]),)
     """
-    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    for output in outputs:
+        expect_tensor(output, "grad")
     if grad_outputs is None:
         grad_outputs = [None] * len(outputs)
     elif not isinstance(grad_outputs, (list, tuple)):  # one gradient: a Tensor, array or number
@@ -638,4 +666,4 @@ def grad(
 
 
 # Tensor's methods call back into this module, so it is bound last (see tensor.py).
-from microtensor.tensor import Tensor  # noqa: E402
+from microtensor.tensor import Tensor, _check_differentiable_dtype  # noqa: E402

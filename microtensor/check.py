@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from microtensor.autograd import grad, no_grad, recorded_nodes, tape, unbroadcast
+from microtensor.autograd import expect_tensor, grad, no_grad, recorded_nodes, tape, unbroadcast
 from microtensor.diagnosis import MISTAKEN_OPS, Context, Evidence, Step, diagnose, step_mistakes
 from microtensor.tensor import Tensor
 
@@ -523,6 +523,7 @@ class _Graph:
     """The recorded graph behind an output: its tensors, what each is called, and who used it."""
 
     def __init__(self, output: Tensor) -> None:
+        expect_tensor(output, "check_manual")
         self.output = output
         nodes = recorded_nodes([output])  # latest first
         self.tensors: dict[int, Tensor] = {}

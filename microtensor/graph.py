@@ -25,7 +25,7 @@ from typing import Any
 import graphviz
 import numpy as np
 
-from microtensor.autograd import describe_constant, describe_params, recorded_nodes
+from microtensor.autograd import describe_constant, describe_params, expect_tensor, recorded_nodes
 from microtensor.tensor import Tensor
 
 # Ops whose arguments can be swapped; the edges into every other op with two or more
@@ -355,8 +355,7 @@ def _body(nodes: list[_Node], edges: list[_Edge]) -> list[str]:
 
 
 def _check_options(output: Any, rankdir: str, collapse: Any) -> None:
-    if not isinstance(output, Tensor):
-        raise TypeError(f"draw_graph: output must be a Tensor, got {type(output).__name__}")
+    expect_tensor(output, "draw_graph")
     if rankdir not in ("LR", "RL", "TB", "BT"):
         raise ValueError(f"draw_graph: rankdir must be one of 'LR', 'RL', 'TB', 'BT', got {rankdir!r}")
     if not (isinstance(collapse, bool) or (isinstance(collapse, int) and collapse >= 1)):

@@ -90,8 +90,14 @@ def _log_where_nonzero(a: Any) -> Any:
     return log.either(a + (a == 0))
 
 
+def _base_where_exponent_zero(a: Any, b: Any) -> Any:
+    # d(a**b)/da = b * a**(b-1) is 0 where b == 0, also at a == 0, where 0 * 0**-1 would be nan:
+    # 1 stands in for such an a. The mask is a constant, so higher derivatives stay exact.
+    return a + (a == 0) * (b == 0)
+
+
 pow = Op("pow", np.power,
-         lambda g, out, a, b: g * b * a ** (b - 1),
+         lambda g, out, a, b: g * b * _base_where_exponent_zero(a, b) ** (b - 1),
          lambda g, out, a, b: g * out * _log_where_nonzero(a), explain=_broadcast_mismatch)
 
 

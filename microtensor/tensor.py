@@ -29,7 +29,10 @@ class Tensor:
     array([2., 4., 6.])
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "name", "_node", "_retains_grad", "_modified_at")
+    # _shares_with: the tensor whose array this one was made on (detach, Tensor(t)); set only by
+    # __init__, so read with getattr: tensors the ops make never have one.
+    __slots__ = ("_data", "grad", "requires_grad", "name", "_node", "_retains_grad", "_modified_at",
+                 "_shares_with")
     # Make NumPy hand `ndarray + tensor` to Tensor.__radd__ instead of looping over it.
     __array_ufunc__ = None
 
@@ -40,12 +43,15 @@ class Tensor:
         dtype: Any = None,
         name: str | None = None,
     ) -> None:
-        if isinstance(data, Tensor):
-            data = data.data
+        source = data if isinstance(data, Tensor) else None
+        if source is not None:
+            data = source._data
         try:
             self._data = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError) as err:
             raise TypeError(f"Tensor: cannot make an array of {type(data).__name__}: {err}") from None
+        # A change made in place through this tensor changes that one too (see the .data setter).
+        self._shares_with = source if self._data is data else None
         if requires_grad:
             _check_differentiable_dtype(self._data.dtype, "Tensor")
         self.requires_grad = bool(requires_grad)
@@ -70,7 +76,11 @@ class Tensor:
             if self.requires_grad:
                 _check_differentiable_dtype(value.dtype, "Tensor.data")
             self._data = value
-        self._modified_at = autograd.change_position()
+        self._modified_at = position = autograd.change_position()
+        source = getattr(self, "_shares_with", None)
+        while source is not None and source._data is value:  # `w.detach().data -= 1` changes w
+            source._modified_at = position
+            source = getattr(source, "_shares_with", None)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -120,7 +130,9 @@ class Tensor:
         return float(self.data)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return self.data if dtype is None else self.data.astype(dtype)
+        array = self._data if dtype is None else self._data.astype(dtype, copy=False)
+        # np.array(t) and np.copy(t) ask for a copy and trust they got one.
+        return array.copy() if copy and array is self._data else array
 
     # Comparisons return Tensors, so identity hashing has to be restored explicitly.
     __hash__ = object.__hash__
@@ -135,8 +147,12 @@ class Tensor:
         return self.data.item()
 
     def detach(self) -> Tensor:
-        """A new leaf sharing this data, cut off from the graph."""
-        return Tensor(self.data, name=self.name)
+        """A new leaf sharing this data, cut off from the graph.
+
+        Changing its ``.data`` in place changes this tensor too, and is detected as such:
+        a backward that needs the old value refuses to run.
+        """
+        return Tensor(self, name=self.name)
 
     def named(self, name: str) -> Tensor:
         """Set ``.name`` and return the tensor, to name intermediates inline.

@@ -41,6 +41,26 @@ def test_backward_producing_nan_names_the_op_and_where_it_was_created():
     assert f"{THIS_FILE}:{line}" in message and "(2,)" in message
 
 
+def test_under_create_graph_an_op_a_vjp_records_is_blamed_on_that_backward():
+    x = Tensor([0.0, 4.0], requires_grad=True)
+    with mt.detect_anomaly():
+        line = _next_line()
+        y = (x ** 0.5).sum()
+        with pytest.raises(mt.AnomalyError) as caught:
+            mt.grad(y, x, create_graph=True)  # the VJP's own pow makes the inf
+    message = str(caught.value)
+    assert message.startswith("the backward of pow produced inf (in the pow it computes)")
+    assert f"{THIS_FILE}:{line}" in message and "(2,)" in message
+
+
+def test_second_derivatives_inside_detect_anomaly_are_the_usual_ones():
+    x = Tensor([1.0, 4.0], requires_grad=True)
+    with mt.detect_anomaly():
+        (first,) = mt.grad((x ** 3).sum(), x, create_graph=True)
+        (second,) = mt.grad(first.sum(), x)
+    np.testing.assert_allclose(second, 6 * x.data)
+
+
 def test_backward_of_a_graph_built_outside_says_where_is_unknown():
     x = Tensor([0.0], requires_grad=True)
     y = (x ** 0.5).sum()

@@ -133,6 +133,55 @@ def test_relu_gradient_at_zero_is_zero_like_pytorch():
     np.testing.assert_array_equal(x.grad, [0.0, 0.0, 1.0])
 
 
+def test_pow_at_base_zero_with_exponent_zero_has_the_limit_gradient_like_pytorch():
+    # Polynomial features x ** [0, 1, 2, 3]: d(x**0)/dx is 0, also at x = 0 (not 0 * 0**-1 = nan).
+    x = Tensor([[0.0], [1.0]], requires_grad=True)
+    (x ** np.arange(4.0)).sum().backward()
+    np.testing.assert_array_equal(x.grad.ravel(), [1.0, 6.0])
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0, 3.0, 0.5, -1.0])
+def test_first_and_second_derivatives_of_pow_at_zero_match_pytorch_limits(exponent):
+    x = Tensor([0.0, 2.0], requires_grad=True)
+    with np.errstate(all="ignore"):  # 0 ** -1 in the forward; the rules' inf and nan, masked below
+        (first,) = mt.grad((x ** exponent).sum(), x, create_graph=True)
+        (second,) = mt.grad(first.sum(), x)
+        b, values = exponent, np.array([0.0, 2.0])
+        expected_first = np.where(b == 0, 0.0, b * values ** (b - 1))
+        expected_second = np.where(b * (b - 1) == 0, 0.0, b * (b - 1) * values ** (b - 2))
+    np.testing.assert_array_equal(first.data, expected_first)
+    np.testing.assert_array_equal(second, expected_second)
+
+
+@requires_torch
+def test_pow_gradients_with_zero_bases_and_exponents_match_pytorch():
+    base, exponent = np.array([0.0, 0.0, 0.0, 1.5, 2.0]), np.array([0.0, 1.0, 2.0, 0.0, 3.0])
+    x = Tensor(base, requires_grad=True)
+    (first,) = mt.grad((x ** exponent).sum(), x, create_graph=True)
+    (second,) = mt.grad(first.sum(), x)
+    tx = torch.tensor(base, requires_grad=True)
+    (tfirst,) = torch.autograd.grad((tx ** torch.tensor(exponent)).sum(), tx, create_graph=True)
+    (tsecond,) = torch.autograd.grad(tfirst.sum(), tx)
+    np.testing.assert_allclose(first.data, tfirst.detach().numpy())
+    # PyTorch's second derivative of x ** 0 at 0 is nan (its mask is not differentiated); the
+    # limit, 0, is what x ** 0 = 1 gives.
+    varies = exponent != 0
+    np.testing.assert_allclose(second[varies], tsecond.numpy()[varies])
+    np.testing.assert_array_equal(second[~varies], 0.0)
+
+
+def test_elementwise_ops_refuse_extra_arguments_instead_of_writing_into_them():
+    # NumPy's ufuncs would take the extra argument as out= and overwrite it.
+    a, buffer = Tensor(np.ones((2, 3)), requires_grad=True), np.zeros((2, 3))
+    for call in (lambda: mt.neg(a, buffer), lambda: mt.exp(a, buffer), lambda: mt.add(a, a, buffer),
+                 lambda: mt.mul(a, a, out=buffer), lambda: mt.add(a, a, where=True)):
+        with pytest.raises(TypeError, match=r"^(neg|exp|add|mul): takes (1|2) input\(s\) and no parameters"):
+            call()
+    np.testing.assert_array_equal(buffer, 0.0)
+    with pytest.raises(TypeError, match=r"^sum: takes 1 input\(s\) and the parameters axis, keepdims"):
+        mt.sum(a, 0, True, 5)
+
+
 def test_comparisons_give_boolean_tensors_that_never_require_grad():
     x = Tensor([1.0, 2.0, 3.0], requires_grad=True)
     for result in (x > 2, x < 2, x >= 2, x <= 2, x == 2, x != 2):

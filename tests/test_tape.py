@@ -382,6 +382,97 @@ def test_with_create_graph_a_leaf_gradient_is_not_the_upstream_gradient_itself()
     np.testing.assert_array_equal(z.grad.data, upstream_array)
 
 
+def test_with_create_graph_leaf_gradients_share_memory_with_nothing():
+    a, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+    (a.reshape(3) + b.reshape(3)).backward(np.ones(3), create_graph=True)  # both views of one array
+    a.grad.data *= 0.5
+    np.testing.assert_array_equal(b.grad.data, 1.0)
+    x, upstream = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3))
+    x.backward(upstream, create_graph=True)  # backward on the leaf itself
+    assert x.grad is not upstream and not np.shares_memory(x.grad.data, upstream.data)
+    y = Tensor(np.ones(3), requires_grad=True)
+    y.sum().backward(create_graph=True)  # sum's VJP broadcasts: a read-only view
+    y.grad.data += 1
+    np.testing.assert_array_equal(y.grad.data, 2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_zero_dimensional_leaf_gets_an_ndarray_gradient(dtype):
+    s = Tensor(dtype(1.0), requires_grad=True)
+    w = Tensor(np.array([1.0, 2.0], dtype), requires_grad=True)
+    (s * 2).backward()
+    assert type(s.grad) is np.ndarray and s.grad.shape == () and s.grad.dtype == dtype
+    (s * w).sum().backward()  # accumulated: 2 + (1 + 2)
+    assert type(s.grad) is np.ndarray and s.grad == 5.0
+    s.grad[...] = 0  # as with any other gradient
+
+
+def test_requires_grad_set_on_an_integer_tensor_later_is_refused_at_backward():
+    t = Tensor([1, 2])
+    t.requires_grad = True  # the constructor would refuse this
+    with pytest.raises(TypeError, match=r"^backward: only floating-point tensors can require gradients, "
+                                        r"got dtype int64"):
+        (t * 2.5).sum().backward()
+    assert t.grad is None
+
+
+def test_changing_a_detached_tensor_in_place_is_a_change_of_the_original():
+    w = Tensor(np.ones(3), requires_grad=True)
+    loss = (w ** 2).sum()
+    detached = w.detach().detach()
+    detached.data -= 1  # the same array as w's
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+
+
+def test_giving_a_detached_tensor_a_new_array_leaves_the_original_alone():
+    w = Tensor(np.ones(3), requires_grad=True)
+    loss = (w ** 2).sum()
+    detached = w.detach()
+    detached.data = detached.data * 3
+    loss.backward()
+    np.testing.assert_array_equal(w.grad, 2.0)
+    np.testing.assert_array_equal(w.data, 1.0)
+
+
+def test_numpy_copies_of_a_tensor_are_copies():
+    w = Tensor(np.ones(3), requires_grad=True)
+    copied, snapshot, shared = np.copy(w), np.array(w), np.asarray(w)
+    w.data -= 0.5
+    np.testing.assert_array_equal(copied, 1.0)
+    np.testing.assert_array_equal(snapshot, 1.0)
+    assert shared is w.data
+    assert np.array(w, dtype=np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("call, where", [
+    (lambda x: mt.grad(np.ones(3), x), "grad"),
+    (lambda x: mt.grad(3.0, x), "grad"),
+    (lambda x: mt.tape(np.ones(2)), "tape"),
+    (lambda x: mt.check_manual(np.ones(2), {"x": np.ones(1)}), "check_manual"),
+])
+def test_an_array_where_an_output_tensor_is_expected_is_a_clear_error(call, where):
+    x = Tensor([1.0], requires_grad=True)
+    with pytest.raises(TypeError, match=rf"^{where}: the output must be a Tensor .*, got (ndarray|float)$"):
+        call(x)
+
+
+def test_bare_no_grad_and_enable_grad_decorate_a_function():
+    @mt.no_grad
+    def doubled(t):
+        return t * 2
+
+    @mt.enable_grad
+    def tripled(t):
+        return t * 3
+
+    x = Tensor([1.0], requires_grad=True)
+    assert not doubled(x).requires_grad
+    with mt.no_grad():
+        assert tripled(x).requires_grad
+    assert mt.is_grad_enabled()
+
+
 def test_grad_of_several_outputs_when_one_is_inside_the_others_graph_and_one_repeats():
     x = Tensor([1.0, 2.0, 3.0], requires_grad=True)
     y = x * x  # an output, and also on the way to z
