@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from microtensor.autograd import expect_tensor, grad, no_grad, recorded_nodes, tape, unbroadcast
-from microtensor.diagnosis import MISTAKEN_OPS, Context, Evidence, Step, diagnose, step_mistakes
+from microtensor.diagnosis import MISTAKEN_OPS, Carried, Context, Evidence, Step, diagnose, step_mistakes
 from microtensor.tensor import Tensor
 
 
@@ -114,10 +115,12 @@ class GradReport(RowReport):
 
     def _summary(self) -> str:
         wrong = sum(not row.ok for row in self.rows)
+        broken = [check.name for check in self.checks if not check.ok]
+        contract = f"; the backward contract is broken: {', '.join(broken)}" if broken else ""
         if wrong == 0:
-            return f"all {len(self.rows)} gradients match"
+            return f"all {len(self.rows)} gradients match{contract}"
         first = f"; first wrong: {self.first_wrong}" if self.first_wrong else ""
-        return f"{wrong} of {len(self.rows)} gradients do not match{first}"
+        return f"{wrong} of {len(self.rows)} gradients do not match{first}{contract}"
 
     def __str__(self) -> str:
         lines = [f"{self.title}: {self._summary()}  (atol={self.atol:g}, rtol={self.rtol:g})", ""]
@@ -162,6 +165,7 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
     True
     """
     e, a = _as_array(name, expected), _as_array(name, actual)
+    atol = rounding_atol(atol, expected, actual)
     if e.shape != a.shape:
         return _missing_row(name, e.shape, diagnose(Evidence(e, a, atol, rtol, context)))
     error = np.abs(a - e)
@@ -176,11 +180,31 @@ def compare_row(name: str, expected: Any, actual: Any, atol: float, rtol: float,
                    tuple(int(i) for i in worst), float(bad.mean()), ok, "ok" if ok else "mismatch", sentence)
 
 
+# Rounding in a float32 forward and backward leaves an error of a few units in the last place
+# of the gradient's largest entry on any entry (each is a sum of many rounded terms).
+_ROUNDING_ULPS = 64
+
+
+def rounding_atol(atol: float, expected: Any, actual: Any) -> float:
+    """``atol``, raised to what rounding leaves in the less precise of the two gradients' dtypes:
+    64 units in the last place of the largest expected entry. In float64 that is below the
+    default atol for gradients up to 1e5; in float32 it keeps rounding from reading as a mistake.
+
+    >>> rounding_atol(1e-8, np.ones(2, np.float32), np.ones(2, np.float32)) > 1e-6
+    True
+    """
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    eps = max(np.finfo(x.dtype).eps if x.dtype.kind == "f" else 0.0 for x in (expected, actual))
+    largest = np.abs(expected).max(initial=0.0) if expected.dtype.kind in "fiu" else 0.0
+    return max(atol, _ROUNDING_ULPS * float(eps) * float(largest)) if np.isfinite(largest) else atol
+
+
 def _as_array(name: str, gradient: Any) -> np.ndarray:
     array = np.asarray(gradient)
     if array.dtype.kind not in "fiub":  # None would become nan, strings fail obscurely
-        raise TypeError(f"the gradient given for {name!r} is a {type(gradient).__name__}, not an array "
-                        f"of numbers")
+        what = f"an array of dtype {array.dtype}" if isinstance(gradient, np.ndarray) else \
+            f"a {type(gradient).__name__}"
+        raise TypeError(f"the gradient given for {name!r} is {what}, not an array of real numbers")
     return array.astype(np.float64)
 
 
@@ -385,8 +409,16 @@ def _diagnose_ops(out: Tensor, leaves: Sequence[Tensor], rows: dict[int, GradRow
         for i, a in enumerate(t._node.inputs):
             if isinstance(a, Tensor) and a.requires_grad and a.size <= _FULL_JACOBIAN_LIMIT[1]:
                 row = _op_input_row(t, i, graph, g, eps, atol, rtol)
-                if not row.ok:
-                    line = f"{graph.labels[id(t)]} = {step.op}({', '.join(step.labels)})"
+                if row.ok:
+                    continue
+                line = f"{graph.labels[id(t)]} = {step.op}({', '.join(step.labels)})"
+                at_kink = int(np.sum(np.abs(t._node.arrays[i]) <= eps)) if step.op == "relu" else 0
+                if at_kink:  # a difference quotient across the kink is no derivative: the rule is fine
+                    wrong_ops.append((t, f"finite differences cannot judge relu in `{line}`: {at_kink} of "
+                                         f"its inputs lie within eps={eps:g} of its kink at 0, where the "
+                                         f"difference quotient straddles the kink; check at inputs away "
+                                         f"from 0, or with a smaller eps"))
+                else:
                     wrong_ops.append((t, f"the backward rule of {step.op} in `{line}` is wrong for its "
                                          f"input {row.name}: it {row.diagnosis}"))
     diagnosed = dict(rows)
@@ -526,6 +558,10 @@ class _Graph:
         expect_tensor(output, "check_manual")
         self.output = output
         nodes = recorded_nodes([output])  # latest first
+        if any(t._node.freed for t in nodes):
+            raise RuntimeError("check_manual: the output's graph was released by a backward() that ran "
+                               "before; call check_manual before loss.backward(), or pass "
+                               "retain_graph=True to that backward")
         self.tensors: dict[int, Tensor] = {}
         self.users: dict[int, list[tuple[Tensor, int]]] = {}
         for t in nodes:
@@ -596,32 +632,37 @@ class _Graph:
 
     def carried_mistakes(self, tensors: Sequence[Tensor], upstream: Any, values: Mapping[str, np.ndarray],
                          off_by: Callable[[Tensor, np.ndarray], bool]) -> dict[int, list]:
-        """For each of ``tensors``, the error each classic mistake at a later step (the softmax
-        loss, a mean's 1/N, an activation) whose result was not checked carries back into its
-        gradient. Backprop is linear in a step's gradient, so the tape carries a mistake back
-        exactly as hand-written steps do. A mistake made at a step reaches every checked tensor
-        before it: each entry says whether ``off_by(t, error)`` holds for all of them."""
-        carried: dict[int, list] = {id(t): [] for t in tensors}
+        """For each of ``tensors``, the :class:`Carried` error of each classic mistake at a later
+        step (the softmax loss, a mean's 1/N, an activation). Backprop is linear in a step's
+        gradient, so the tape carries a mistake back exactly as hand-written steps do. A mistake
+        made at a step reaches every checked tensor before it: ``everywhere`` says whether
+        ``off_by(t, error)`` holds for all of them. It never does when the step's input was
+        checked too and is right: a tensor before it off by such an error took a wrong gradient."""
+        carried: dict[int, list[Carried]] = {id(t): [] for t in tensors}
+        ancestors = functools.cache(lambda key: self.ancestors(self.tensors[key]))
         for step_output in self.tensors.values():
             node = step_output._node
             if node is None or node.op.name not in MISTAKEN_OPS or not isinstance(node.inputs[0], Tensor):
                 continue
             x = node.inputs[0]
-            if id(x) in carried:  # its gradient was given: its own row names a mistake made there
-                continue
-            upstream_of_x = self.ancestors(x)
-            before = [t for t in tensors if id(t) in upstream_of_x]
-            if not before:
-                continue
+            checked = id(x) in carried
+            before = [t for t in tensors if id(t) in ancestors(id(x))]
+            if not before or checked and not off_by(x, np.zeros(x.shape)):
+                continue  # x's own row names its mistake, and the tensors before it inherit it
+            # An intermediate with nothing checked between it and the step: its own formula (dscores,
+            # say) goes through the step. A parameter's formula (h.T @ dscores) only takes its result.
+            nearest = {id(t) for t in before if not checked and not t.is_leaf and
+                       not any(id(t) in ancestors(id(u)) for u in before if u is not t)}
             (g,) = grad(self.output, [step_output], grad_outputs=upstream, retain_graph=True)
             step = dataclasses.replace(self.step(step_output), grad_output=g)
             where = self.labels[id(x)] if x.name else f"{self.labels[id(x)]}, the input of {node.op.name},"
             for mistake, error in step_mistakes(step, _rule(step_output, 0, g), values, self.batch_size):
                 errors = grad(x, before, grad_outputs=error, retain_graph=True)
                 shares = [(t, e) for t, e in zip(before, errors) if e is not None]
-                everywhere = all(off_by(t, e) for t, e in shares)
+                everywhere = not checked and all(off_by(t, e) for t, e in shares)
                 for t, e in shares:
-                    carried[id(t)].append((f"the gradient at {where} {mistake}", e, everywhere))
+                    carried[id(t)].append(Carried(f"the gradient at {where} {mistake}", e, everywhere,
+                                                  id(t) in nearest))
         return carried
 
     def ancestors(self, t: Tensor) -> set[int]:
@@ -651,18 +692,27 @@ def _gradient(grads: Mapping[int, Any], t: Tensor) -> np.ndarray:
 
 
 def _batch_size(nodes: list[Tensor]) -> int | None:
-    """The N of the last mean (a cross-entropy, or a division by a whole number) before the output."""
+    """The N of the last mean over a batch before the output: a cross-entropy, a mean, or a sum
+    over N rows divided by N (not any division by a whole number: the / 2 of an L2 term is none)."""
     for t in nodes:
         op, inputs = t._node.op.name, t._node.inputs
         if op == "softmax_cross_entropy":
             return inputs[0].shape[0]
         if op == "mean" and inputs[0].size > t.size:
             return inputs[0].size // t.size
-        divisor = inputs[1] if op == "div" else None
-        if divisor is not None and not isinstance(divisor, Tensor) and np.size(divisor) == 1:
-            if float(divisor) > 1 and float(divisor).is_integer():
-                return int(divisor)
+        if op == "div" and _is_sum_over_rows_divided_by_their_count(*inputs):
+            return int(inputs[1])
     return None
+
+
+def _is_sum_over_rows_divided_by_their_count(numerator: Any, divisor: Any) -> bool:
+    if isinstance(divisor, Tensor) or np.size(divisor) != 1 or not float(divisor) > 1:
+        return False
+    summed = numerator._node if isinstance(numerator, Tensor) and numerator._node is not None else None
+    if summed is None or summed.op.name != "sum" or not isinstance(summed.inputs[0], Tensor):
+        return False
+    rows = summed.inputs[0].shape[:1]
+    return rows == (float(divisor),)
 
 
 def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, rtol: float = 1e-5, *,
@@ -686,7 +736,8 @@ def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, 
     given = {id(t): _as_array(t.name, manual[t.name]) for t in tensors}
 
     def explains(t: Tensor, predicted: np.ndarray) -> bool:
-        return Evidence(predicted, given[id(t)], atol, rtol).fits(predicted)
+        tolerance = rounding_atol(atol, predicted.astype(t.dtype), manual[t.name])
+        return Evidence(predicted, given[id(t)], tolerance, rtol).fits(predicted)
 
     grads, contexts = graph.contexts(tensors, gradient, explains)
     rows = [compare_row(t.name, _gradient(grads, t), manual[t.name], atol, rtol, contexts[id(t)])

@@ -41,15 +41,30 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Carried:
+    """A classic mistake at a later step of the graph, as it reaches a checked tensor's gradient.
+
+    ``mistake`` says what went wrong there, ``error`` is what it adds to this tensor's right
+    gradient. ``everywhere``: every checked tensor before that step is off by its share too (the
+    mistake was made at the step). ``nearest``: this tensor is an intermediate with no checked
+    tensor between it and the step, so its own formula goes through the step.
+    """
+
+    mistake: str
+    error: np.ndarray
+    everywhere: bool
+    nearest: bool = False
+
+
+@dataclass(frozen=True)
 class Context:
     """What is known about the tensor besides its gradients (all optional).
 
     ``value`` is its forward value; ``is_parameter`` marks a weight or bias, for the L2
     hypotheses; ``producer`` and ``uses`` are the ops around it on the tape; ``batch_size``
     names the factor N; ``tensors`` are other forward values by label, for a ReLU mask taken
-    from the wrong tensor. ``downstream`` lists mistakes at a later step: each sentence, the
-    error it would carry back into this tensor's gradient, and whether every other checked
-    tensor before that step is off by exactly its share too (the mistake was made there).
+    from the wrong tensor. ``downstream`` lists the mistakes at later steps that reach this
+    tensor's gradient (see :class:`Carried`).
     """
 
     label: str = "this tensor"
@@ -59,7 +74,7 @@ class Context:
     uses: tuple[Step, ...] = ()
     batch_size: int | None = None
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
-    downstream: tuple[tuple[str, np.ndarray, bool], ...] = ()
+    downstream: tuple[Carried, ...] = ()
 
 
 class Evidence:
@@ -164,13 +179,20 @@ def expected_not_finite(ev: Evidence) -> str | None:
                       f"pass overflows or takes log(0) (run it under mt.detect_anomaly() to find the op)")
 
 
+def _keepdims(shape: tuple[int, ...]) -> str:
+    """How a sum over the batch gets a bias of ``shape``: (C,) drops the axis, (1, C) keeps it."""
+    return "g.sum(axis=0, keepdims=True)" if len(shape) == 2 and shape[0] == 1 else "g.sum(axis=0)"
+
+
 def not_summed_over_batch(ev: Evidence) -> str | None:
-    if ev.actual.ndim != ev.expected.ndim + 1 or ev.actual.shape[1:] != ev.expected.shape:
+    # A bias of shape (C,), or (1, C) as in the notebooks, given one gradient per example, (N, C).
+    bias = ev.expected.shape[1:] if ev.expected.ndim == 2 and ev.expected.shape[0] == 1 else ev.expected.shape
+    if ev.actual.ndim != len(bias) + 1 or ev.actual.shape[1:] != bias or ev.actual.shape[0] < 2:
         return None
-    if not ev.close(ev.actual.sum(axis=0), ev.expected):
+    if not ev.close(ev.actual.sum(axis=0).reshape(ev.expected.shape), ev.expected):
         return None
     return (f"has shape {ev.actual.shape} but the tensor has shape {ev.expected.shape}: one gradient "
-            f"per example, not summed over the batch; a bias gradient is g.sum(axis=0)")
+            f"per example, not summed over the batch; a bias gradient is {_keepdims(ev.expected.shape)}")
 
 
 def kept_an_axis(ev: Evidence) -> str | None:
@@ -178,8 +200,13 @@ def kept_an_axis(ev: Evidence) -> str | None:
         return None
     if not ev.fits(ev.expected.reshape(ev.actual.shape)):
         return None
-    return (f"has shape {ev.actual.shape} but the tensor has shape {ev.expected.shape}; the values are "
-            f"right: drop keepdims=True or reshape it to {ev.expected.shape}")
+    right = f"has shape {ev.actual.shape} but the tensor has shape {ev.expected.shape}; the values are right"
+    squeezed = tuple(n for n in ev.actual.shape if n != 1) == tuple(n for n in ev.expected.shape if n != 1)
+    if not squeezed:
+        return f"{right}, in the wrong shape: reshape it to {ev.expected.shape}"
+    if ev.actual.ndim > ev.expected.ndim:
+        return f"{right}: drop keepdims=True or reshape it to {ev.expected.shape}"
+    return f"{right}: keep the summed axis (keepdims=True) or reshape it to {ev.expected.shape}"
 
 
 def transposed(ev: Evidence) -> str | None:
@@ -197,7 +224,9 @@ def all_zeros(ev: Evidence) -> str | None:
 
 
 def expected_zero(ev: Evidence) -> str | None:
-    if not ev.same_shape or np.any(np.abs(ev.expected) > ev.atol):
+    # Zero to tolerance, and no mere multiple of a gradient that is small but there (10 * 5e-9).
+    largest = np.abs(ev.expected).max(initial=0.0)
+    if not ev.same_shape or largest > ev.atol or largest > 1e-6 * np.abs(ev.actual).max(initial=0.0):
         return None
     return ("should be zero everywhere (the output does not depend on this tensor here, e.g. every "
             "ReLU after it is off) but it is not")
@@ -227,6 +256,23 @@ def _weight(ev: Evidence) -> np.ndarray | None:
     return np.asarray(value, dtype=np.float64)
 
 
+def _loss_l2(ev: Evidence, weight: np.ndarray) -> float | None:
+    """The loss's own L2 coefficient on this weight, read off the tape (check_manual): what every
+    path but the layer's product sends back is ``reg * W``. None when the tape is not known."""
+    for use in ev.uses("matmul", "linear", "add"):
+        # A layer's use: the weight of x @ W (or linear's), or a bias added to the product.
+        if use.op == "add" or use.index > 0:
+            fit = _least_squares([weight], use.rest)
+            if fit is not None and ev.close(use.rest, fit[0] * weight):
+                return float(fit[0])
+    return None
+
+
+def _near(a: float, b: float, scale: float) -> bool:
+    # Coefficients fitted from float32 gradients agree to a few parts in a million, not to 1e-6.
+    return abs(a - b) <= 1e-3 * abs(scale)
+
+
 def l2_term(ev: Evidence) -> str | None:
     weight = _weight(ev)
     if weight is None:
@@ -235,12 +281,25 @@ def l2_term(ev: Evidence) -> str | None:
     if fit is None or not ev.fits(ev.expected + fit[0] * weight):
         return None
     name, beta = ev.context.label, float(fit[0])
+    reg = _loss_l2(ev, weight)
+    if reg and beta < 0 and not _near(beta, -reg, reg):  # an L2 term there, of the wrong sign or size
+        if _near(beta, -2 * reg, reg):
+            return (f"subtracts the L2 term instead of adding it: it has -{reg:.3g} * {name} where the "
+                    f"loss gives +{reg:.3g} * {name}")
+        return (f"has the L2 term {reg + beta:.3g} * {name} where the loss gives {reg:.3g} * {name}: "
+                f"the gradient of 0.5 * reg * sum({name}**2) is reg * {name}")
     if beta < 0:
         return (f"misses the L2 term {-beta:.3g} * {name}: add reg * {name}, the gradient of "
                 f"0.5 * reg * sum({name}**2)")
-    return (f"has an extra L2 term {beta:.3g} * {name}: either the loss has no L2 on {name} (biases are "
-            f"usually not regularised) or it is counted twice (0.5 * reg * sum({name}**2) gives "
-            f"reg * {name})")
+    extra = f"has an extra L2 term {beta:.3g} * {name}"
+    if reg == 0:
+        return f"{extra}: the loss has no L2 term on {name} (biases are usually not regularised)"
+    if reg is not None:
+        twice = "the L2 term counted twice, " if _near(beta, reg, reg) else ""
+        return (f"{extra}: {twice}{reg + beta:.3g} * {name} in all where the loss gives {reg:.3g} * "
+                f"{name} (0.5 * reg * sum({name}**2) gives reg * {name})")
+    return (f"{extra}: either the loss has no L2 on {name} (biases are usually not regularised) or it "
+            f"is counted twice (0.5 * reg * sum({name}**2) gives reg * {name})")
 
 
 def _scaled_with_weight(ev: Evidence) -> tuple[np.ndarray, float, float] | None:
@@ -265,25 +324,39 @@ def regularised_gradient(ev: Evidence) -> str | None:
 
 
 def data_term_factor(ev: Evidence) -> str | None:
-    # dW = c * dW_data + reg * W: the loss's part off by a factor (a 1/N left out, say), the L2
-    # part as it should be. Two numbers are fitted, so reg is taken to be the loss's own.
+    # dW = c * dW_data + b * W: the loss's part off by a factor (a 1/N left out, say), beside an
+    # L2 part. With the tape (check_manual) the loss's own reg is known, and b is judged against
+    # it; without, two numbers fitted cannot tell b from reg, and b is taken to be the loss's reg.
     fit = _scaled_with_weight(ev)
     if fit is None:
         return None
     weight, scale, extra = fit
     if _is_close(scale, 1.0) or not ev.fits(scale * ev.expected + extra * weight):
         return None
-    reg = extra / (1 - scale)  # from actual = scale * (expected - reg * W) + reg * W
-    if not reg > 0:
-        return None
-    l2 = f"the L2 term {reg:.3g} * {ev.context.label}"
-    if abs(scale) < 1e-6:
+    name, reg = ev.context.label, _loss_l2(ev, weight)
+    kept = None if reg is None else extra + scale * reg  # actual = scale * (expected - reg * W) + kept * W
+    if reg is None:
+        reg = extra / (1 - scale)
+        if not reg > 0:
+            return None
+    elif _near(kept, reg, reg or kept):
+        kept = None  # the L2 part is right
+    l2 = f"the L2 term {reg:.3g} * {name}"
+    if kept is None and abs(scale) < 1e-6:
         return f"holds only {l2}: its data term (the gradient of the loss itself) is missing"
+    if kept is None:
+        l2 = f"has {l2}, but"
+    elif _near(kept, 0.0, reg or kept):
+        l2 = f"misses {l2} (add reg * {name}), and"
+    else:
+        l2 = f"has the L2 term {kept:.3g} * {name} where the loss gives {reg:.3g} * {name}, and"
+    if abs(scale) < 1e-6:
+        return f"{l2} its data term (the gradient of the loss itself) is missing"
     if _is_close(scale, -1.0):
-        return f"has {l2}, but the sign of its data term (the rest) is flipped"
+        return f"{l2} the sign of its data term (the rest) is flipped"
     meaning = _factor_meaning(scale, ev.context.batch_size, of="the expected data term")
     flipped = "has the sign flipped and " if scale < 0 else ""
-    return f"has {l2}, but its data term (the rest) {flipped}is {meaning}"
+    return f"{l2} its data term (the rest) {flipped}is {meaning}"
 
 
 # -- hypotheses on the op that used the tensor ----------------------------------------------
@@ -481,31 +554,44 @@ def cross_entropy_missing_term(ev: Evidence) -> str | None:
     return None
 
 
-def carried_from_downstream(ev: Evidence) -> str | None:
-    for mistake, error, everywhere in ev.context.downstream:
-        if everywhere and ev.same_shape and ev.fits(ev.expected + error):
-            return (f"is wrong only by what a mistake further down carries back: {mistake}; fix that, "
-                    f"and this gradient follows")
+def _carried(ev: Evidence, everywhere: bool, nearest: bool) -> str | None:
+    for carried in ev.context.downstream:
+        if (carried.everywhere, carried.nearest) == (everywhere, nearest) and ev.same_shape \
+                and ev.fits(ev.expected + carried.error):
+            return carried.mistake
     return None
+
+
+def carried_from_downstream(ev: Evidence) -> str | None:
+    # A checked tensor lies between: that one's row names the mistake, this one only inherits it.
+    mistake = _carried(ev, everywhere=True, nearest=False)
+    return mistake and (f"is wrong only by what a mistake further down carries back: {mistake}; fix "
+                        f"that, and this gradient follows")
+
+
+def mistake_in_its_own_steps(ev: Evidence) -> str | None:
+    # Nothing checked lies between: the mistake sits in a step this tensor's own formula goes through.
+    mistake = _carried(ev, everywhere=True, nearest=True)
+    return mistake and f"is wrong at a step its formula goes through: {mistake}"
 
 
 def computed_from_a_wrong_gradient(ev: Evidence) -> str | None:
-    # The same error, in this gradient only: its own formula took a wrong gradient from further down.
-    for mistake, error, everywhere in ev.context.downstream:
-        if not everywhere and ev.same_shape and ev.fits(ev.expected + error):
-            return (f"is computed from a wrong gradient, as if {mistake}; the other gradients checked "
-                    f"before that step are right, so only this one's formula uses the wrong gradient")
-    return None
+    # The same error, but not in every gradient checked at or before that step: this formula took
+    # a wrong gradient of its own (dW1 = X.T @ dh for X.T @ dz1, say).
+    mistake = _carried(ev, everywhere=False, nearest=False) or _carried(ev, everywhere=False, nearest=True)
+    return mistake and (f"is computed from a wrong gradient, as if {mistake}; other gradients checked "
+                        f"at or before that step do not have this error, so it is in this one's formula")
 
 
 def summed_over_wrong_axis(ev: Evidence) -> str | None:
     for use in ev.context.uses:
         g = use.grad_output
-        if g is None or g.ndim != 2 or ev.expected.shape != g.shape[1:] or ev.actual.shape != g.shape[:1]:
+        if g is None or g.ndim != 2 or ev.expected.size != g.shape[1]:
             continue
-        if ev.fits(g.sum(axis=1)):
+        if ev.actual.shape in ((g.shape[0],), (g.shape[0], 1)) and ev.fits(g.sum(axis=1, keepdims=True)
+                                                                         .reshape(ev.actual.shape)):
             return (f"has one entry per example, shape {ev.actual.shape}: summed over axis 1 "
-                    f"instead of the batch axis 0 (g.sum(axis=0))")
+                    f"instead of the batch axis 0 ({_keepdims(ev.expected.shape)})")
     return None
 
 
@@ -536,16 +622,17 @@ HYPOTHESES: list[Hypothesis] = [
     log_softmax_without_g,
     cross_entropy_missing_term, carried_from_downstream, matmul_without_transpose, masked_too_early,
     constant_factor, l2_term, regularised_gradient, computed_from_a_wrong_gradient, data_term_factor,
-    correct_only_where_relu_active, zeros_where_gradient_expected,
+    mistake_in_its_own_steps, correct_only_where_relu_active, zeros_where_gradient_expected,
 ]
 
 
 def _where_largest(ev: Evidence) -> str:
     error = np.abs(ev.actual - ev.expected)
     bad = ~(error <= ev.atol + ev.rtol * np.abs(ev.expected))
-    worst = _index(int(np.argmax(error)), error.shape)
+    worst = _index(int(np.argmax(np.where(bad, error, -1.0))), error.shape)  # the worst of the wrong ones
+    share = f"{bad.mean():.0%}" if bad.mean() >= 0.01 else f"{100 * bad.mean():.2g}%"
     sentence = (f"is off by up to {error[worst]:.3g} (largest at {worst}: expected "
-                f"{ev.expected[worst]:.4g}, got {ev.actual[worst]:.4g}); {bad.mean():.0%} of its "
+                f"{ev.expected[worst]:.4g}, got {ev.actual[worst]:.4g}); {share} of its "
                 f"entries are out of tolerance")
     if ev.expected.ndim == 2:
         for axis, word in ((1, "row"), (0, "column")):

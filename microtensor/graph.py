@@ -490,5 +490,7 @@ def _write_atomically(path: Path, content: bytes) -> None:
         with open(temporary, "xb") as file:
             file.write(content)
         os.replace(temporary, path)
+    except OSError as err:  # named by the path asked for, not the temporary file's
+        raise OSError(err.errno, f"render_graph: cannot write {str(path)!r}: {err.strerror}") from None
     finally:
         temporary.unlink(missing_ok=True)

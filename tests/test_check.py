@@ -426,7 +426,7 @@ def test_check_manual_for_a_tensor_without_grad_is_a_value_error(rng):
 
 def test_a_gradient_that_is_not_an_array_of_numbers_is_a_type_error_naming_it(rng):
     W = leaf(rng, 3, name="W")
-    with pytest.raises(TypeError, match="the gradient given for 'W' is a NoneType, not an array"):
+    with pytest.raises(TypeError, match="the gradient given for 'W' is a NoneType, not an array of real"):
         mt.check_manual((W * W).sum(), {"W": None})
 
 
@@ -550,7 +550,7 @@ def test_a_missing_or_doubled_1_over_n_is_named_in_every_parameter_row_despite_l
         assert words in row.diagnosis
 
 
-WRONG_GRADIENT = "only this one's formula uses the wrong gradient"
+WRONG_GRADIENT = "do not have this error, so it is in this one's formula"
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["cross_entropy", "log_softmax_and_mean"])
@@ -598,3 +598,186 @@ def test_a_softmax_derived_like_a_sigmoid_or_not_at_all_is_named(mistake, words,
     assert words in report[checked[0]].diagnosis
     if checked == ("W",):
         assert "carries back: the gradient at scores" in report["W"].diagnosis
+
+
+# -- the diagnosis knows the loss's L2 term, N and the dtype from the tape -------------------------
+def _notebook_net(reg=0.01, n=8, l2_divided_by_two=False, dtype=np.float64, seed=0):
+    """The notebooks' two-layer net with its steps named, and its right backward pass."""
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((n, 4)).astype(dtype), rng.integers(0, 3, n)
+    W1 = Tensor((0.5 * rng.standard_normal((4, 5))).astype(dtype), requires_grad=True, name="W1")
+    W2 = Tensor((0.5 * rng.standard_normal((5, 3))).astype(dtype), requires_grad=True, name="W2")
+    b2 = Tensor((0.1 * rng.standard_normal(3)).astype(dtype), requires_grad=True, name="b2")
+    z1 = (Tensor(X) @ W1).named("z1")
+    h = z1.relu().named("h")
+    scores = (h @ W2 + b2).named("scores")
+    penalty = (W1 ** 2).sum() + (W2 ** 2).sum()
+    l2 = reg * penalty / 2 if l2_divided_by_two else 0.5 * reg * penalty
+    loss = -scores.log_softmax(axis=1)[np.arange(n), y].mean() + l2
+    s = scores.data
+    probs = np.exp(s - s.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    dscores = (probs - np.eye(3, dtype=dtype)[y]) / n
+    dh = dscores @ W2.data.T
+    dz1 = dh * (z1.data > 0)
+    right = {"scores": dscores, "W2": h.data.T @ dscores + reg * W2.data, "b2": dscores.sum(0),
+             "h": dh, "z1": dz1, "W1": X.T @ dz1 + reg * W1.data}
+    return loss, right, dict(X=X, h=h.data, dscores=dscores, dh=dh, W1=W1.data, W2=W2.data, b2=b2.data,
+                             n=n, reg=reg, probs=probs, Y=np.eye(3, dtype=dtype)[y])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_correct_float32_backprop_is_no_mismatch_at_the_default_tolerances(seed):
+    loss, right, _ = _notebook_net(dtype=np.float32, n=64, seed=seed)
+    report = mt.check_manual(loss, right)
+    assert report, report
+
+
+def test_a_float32_mistake_is_still_found_and_named():
+    loss, right, v = _notebook_net(dtype=np.float32, n=64)
+    report = mt.check_manual(loss, {**right, "W2": v["h"].T @ v["dscores"]})
+    assert report.first_wrong == "W2" and "misses the L2 term 0.01 * W2" in report["W2"].diagnosis
+
+
+def test_rounding_atol_is_the_given_atol_in_float64_and_float32_rounding_above_it():
+    ones = np.ones(3)
+    assert check.rounding_atol(1e-8, ones, ones) == 1e-8
+    assert check.rounding_atol(1e-8, ones.astype(np.float32), ones) == pytest.approx(64 * 2.0 ** -23)
+    assert check.rounding_atol(1e-8, np.full(3, np.inf), ones) == 1e-8
+
+
+def test_the_halving_of_an_l2_term_is_not_taken_for_the_batch_size():
+    loss, right, _ = _notebook_net(l2_divided_by_two=True)
+    assert mt.check_manual(loss, right)
+    diagnosis = mt.check_manual(loss, {"W2": 2 * right["W2"]})["W2"].diagnosis
+    assert diagnosis.startswith("is twice the expected gradient"), diagnosis
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda v: v["n"] * v["h"].T @ v["dscores"],
+     "misses the L2 term 0.01 * W2 (add reg * W2), and its data term (the rest) is N = 8 times"),
+    (lambda v: v["n"] * v["h"].T @ v["dscores"] + 2 * v["reg"] * v["W2"],
+     "has the L2 term 0.02 * W2 where the loss gives 0.01 * W2, and its data term (the rest) is N = 8 times"),
+    (lambda v: v["n"] * v["h"].T @ v["dscores"] + v["reg"] * v["W2"],  # as a 1/N left out of dscores gives
+     "is wrong only by what a mistake further down carries back: the gradient at v11, the input of mean"),
+    (lambda v: v["h"].T @ v["dscores"] - v["reg"] * v["W2"],
+     "subtracts the L2 term instead of adding it: it has -0.01 * W2 where the loss gives +0.01 * W2"),
+    (lambda v: v["h"].T @ v["dscores"] + 0.5 * v["reg"] * v["W2"],
+     "has the L2 term 0.005 * W2 where the loss gives 0.01 * W2"),
+    (lambda v: v["h"].T @ v["dscores"] + 2 * v["reg"] * v["W2"],
+     "has an extra L2 term 0.01 * W2: the L2 term counted twice, 0.02 * W2 in all"),
+], ids=["no_1/N_no_l2", "no_1/N_double_l2", "no_1/N", "l2_subtracted", "l2_halved", "l2_doubled"])
+def test_check_manual_judges_the_l2_part_against_the_losss_own_reg(make, words):
+    # compare_grads can only read reg off the gradient; check_manual reads it off the tape.
+    loss, right, v = _notebook_net()
+    diagnosis = mt.check_manual(loss, {"W2": make(v)})["W2"].diagnosis
+    assert diagnosis.startswith(words), diagnosis
+
+
+def test_an_l2_term_on_a_bias_the_loss_does_not_regularise_is_called_so():
+    loss, right, v = _notebook_net()
+    diagnosis = mt.check_manual(loss, {"b2": right["b2"] + 0.01 * v["b2"]})["b2"].diagnosis
+    assert diagnosis == ("has an extra L2 term 0.01 * b2: the loss has no L2 term on b2 (biases are "
+                         "usually not regularised)")
+
+
+def test_a_mistake_in_a_checked_intermediates_own_formula_is_named_as_its_own():
+    # dscores = probs - Y: the 1/N of the mean is missing in the formula for scores itself,
+    # not in a step "further down" that the learner never wrote.
+    loss, right, v = _notebook_net()
+    report = mt.check_manual(loss, {"scores": v["probs"] - v["Y"]})
+    assert report["scores"].diagnosis.startswith("is N = 8 times the expected gradient"), report
+
+
+def test_a_weight_gradient_taken_from_the_relus_output_gradient_is_named_when_every_step_is_checked():
+    # z1 is checked and right; dW1 = X.T @ dh skips the mask that dz1 has.
+    loss, right, v = _notebook_net()
+    report = mt.check_manual(loss, {**right, "W1": v["X"].T @ v["dh"] + v["reg"] * v["W1"]})
+    assert report.first_wrong == "W1"
+    diagnosis = report["W1"].diagnosis
+    assert diagnosis.startswith("is computed from a wrong gradient") and "ReLU unmasked" in diagnosis
+
+
+def test_a_mistake_at_a_wrong_checked_step_is_inherited_not_taken_as_a_formula_of_its_own():
+    loss, right, v = _notebook_net()
+    report = mt.check_manual(loss, {**right, "z1": v["dh"], "W1": v["X"].T @ v["dh"] + v["reg"] * v["W1"]})
+    assert report.first_wrong == "z1" and "ReLU unmasked" in report["z1"].diagnosis
+    assert report["W1"].diagnosis.startswith("may follow from the wrong gradient of 'z1'")
+    assert "computed from a wrong gradient" not in report["W1"].diagnosis
+
+
+@pytest.mark.parametrize("actual, words", [
+    (lambda g: g.sum(axis=0), "the values are right: keep the summed axis (keepdims=True) or reshape it"),
+    (lambda g: g, "one gradient per example, not summed over the batch; a bias gradient is "
+                  "g.sum(axis=0, keepdims=True)"),
+    (lambda g: g.sum(axis=1), "summed over axis 1 instead of the batch axis 0 (g.sum(axis=0, keepdims=Tr"),
+    (lambda g: g.sum(axis=1, keepdims=True), "summed over axis 1 instead of the batch axis 0"),
+], ids=["keepdims_dropped", "not_summed", "axis_1", "axis_1_keepdims"])
+def test_a_notebook_style_row_bias_gets_advice_for_its_shape(actual, words):
+    # The notebooks' biases are (1, C): their gradient is g.sum(axis=0, keepdims=True).
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 4))
+    W = leaf(rng, 4, 3, name="W")
+    b = Tensor(np.zeros((1, 3)), requires_grad=True, name="b")
+    upstream = rng.standard_normal((6, 3))
+    out = Tensor(X) @ W + b
+    assert mt.check_manual(out, {"b": upstream.sum(axis=0, keepdims=True)}, gradient=upstream)
+    diagnosis = mt.check_manual(out, {"b": actual(upstream)}, gradient=upstream)["b"].diagnosis
+    assert words in diagnosis, diagnosis
+
+
+def test_values_in_the_wrong_shape_but_the_right_order_are_told_to_reshape_not_to_drop_keepdims():
+    diagnosis = mt.compare_grads({"W": np.arange(6.0).reshape(2, 3)},
+                                 {"W": np.arange(6.0).reshape(3, 2)})["W"].diagnosis
+    assert diagnosis.endswith("the values are right, in the wrong shape: reshape it to (2, 3)")
+
+
+def test_a_small_but_nonzero_expected_gradient_is_not_called_zero():
+    expected = np.array([5e-9, -3e-9, 4e-9, 2e-9])
+    diagnosis = mt.compare_grads({"W": expected}, {"W": 10 * expected})["W"].diagnosis
+    assert diagnosis.startswith("is 10 times the expected gradient"), diagnosis
+
+
+def test_the_fallback_points_at_the_worst_entry_out_of_tolerance_and_counts_a_few_exactly():
+    expected = np.ones(300)
+    expected[5] = 1e-4
+    actual = expected.copy()
+    actual[0] += 1e-6  # the largest error, inside rtol * 1
+    actual[5] += 1e-7  # smaller, but out of tolerance at 1e-4
+    diagnosis = mt.compare_grads({"W": expected}, {"W": actual})["W"].diagnosis
+    assert diagnosis.startswith("is off by up to 1e-07 (largest at (5,):"), diagnosis
+    assert "0.33% of its entries are out of tolerance" in diagnosis
+
+
+def test_gradchecks_summary_counts_a_broken_backward_contract():
+    def doubled_in_place(g, out, a):
+        g *= 2  # mutates the upstream gradient: the contract forbids it
+        return g
+
+    op = mt.Op("dbl", lambda a: 2 * a, doubled_in_place)
+    report = mt.gradcheck(lambda x: op(x), [Tensor(np.arange(3.0), requires_grad=True, name="x")])
+    assert not report
+    assert "the backward contract is broken: " in repr(report)
+    assert "the upstream gradient is not mutated" in repr(report)
+
+
+def test_gradcheck_blames_finite_differences_not_relu_at_its_kink():
+    k = Tensor(np.array([1e-7, -1e-7, 1.0]), requires_grad=True, name="k")
+    report = mt.gradcheck(lambda x: x.relu().sum(), [k])
+    diagnosis = report["k"].diagnosis
+    assert diagnosis.startswith("finite differences cannot judge relu in `v0 = relu(k)`: 2 of its inputs"), \
+        diagnosis
+    assert "backward rule" not in diagnosis
+
+
+def test_check_manual_after_the_graph_was_released_says_what_to_do():
+    x = Tensor([1.0, 2.0], requires_grad=True, name="x")
+    loss = (x * x).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match=r"^check_manual: the output's graph was released by a backward"):
+        mt.check_manual(loss, {"x": 2 * x.data})
+
+
+def test_a_complex_gradient_is_refused_naming_its_dtype():
+    with pytest.raises(TypeError, match=r"'a' is an array of dtype complex128, not an array of real numbers"):
+        mt.compare_grads({"a": np.ones(2)}, {"a": np.ones(2) * 1j})

@@ -486,9 +486,17 @@ def test_a_failed_render_keeps_the_previous_file(tmp_path, monkeypatch):
     path.write_text("previous picture")
     monkeypatch.setenv("PATH", "")
     x = Tensor([1.0], requires_grad=True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="needs Graphviz's `dot` program"):
         mt.render_graph(x.exp(), path)
     assert path.read_text() == "previous picture" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_writing_into_a_missing_folder_names_the_path_asked_for(tmp_path):
+    path = tmp_path / "missing" / "g.dot"
+    x = Tensor([1.0], requires_grad=True)
+    with pytest.raises(FileNotFoundError, match=rf"^\[Errno 2\] render_graph: cannot write '{path}': No such"):
+        mt.render_graph(x.exp(), path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_when_dot_fails_the_error_shows_its_message_and_no_file_is_written(tmp_path, monkeypatch):
