@@ -249,26 +249,45 @@ def _collapse(nodes: list[_Node], edges: list[_Edge], depth: bool | int) -> tupl
         if node.kind == "module":
             node.lines = _module_label(node)
     joined: dict[tuple[str, str, str], _Edge] = {}
+    kept_edges = []
     for edge in edges:
         source = merged_into.get(edge.source, edge.source)
         target = merged_into.get(edge.target, edge.target)
-        if source is not target:  # edges inside one module are the module's business
-            label = edge.label if target is edge.target else ""
-            joined.setdefault((source.id, target.id, label), _Edge(source, target, label))
-    return kept, list(joined.values())
+        if source is target:  # edges inside one module are the module's business
+            continue
+        if (source, target) == (edge.source, edge.target):  # outside every module: drawn as it is (a + a)
+            kept_edges.append(edge)
+            continue
+        label = edge.label if target is edge.target else ""
+        key = (source.id, target.id, label)
+        if key not in joined:  # the many edges into or out of one module are one
+            joined[key] = _Edge(source, target, label)
+            kept_edges.append(joined[key])
+    return kept, kept_edges
 
 
 def _modules_of_ops(nodes: list[_Node], depth: bool | int) -> dict[_Node, _Node]:
-    """Each op that ran in a module -> the (new) node of that module, cut to ``depth``."""
-    modules: dict[tuple[str, ...], _Node] = {}
+    """Each op that ran in a module -> the (new) node of that call of the module, cut to ``depth``.
+
+    Ops are visited in tape order, and a scope's ops are one call until an op outside it runs:
+    a module used again after other ops (``lin(lin(x).tanh())``) is a second node, not one
+    node whose edges go round in a cycle.
+    """
+    calls: dict[tuple[str, ...], _Node] = {}  # each scope's latest call
     merged_into: dict[_Node, _Node] = {}
+    previous: tuple[str, ...] = ()
+    count = 0
     for node in nodes:
-        if node.kind in ("op", "output") and node.scope:
+        if node.kind not in ("op", "output"):
+            continue
+        if node.scope:
             key = node.scope if depth is True else node.scope[:depth]
-            if key not in modules:
-                modules[key] = _Node(f"module{len(modules)}", "module", [], key)
-            modules[key].members.append(node)
-            merged_into[node] = modules[key]
+            if key not in calls or previous[:len(key)] != key:
+                calls[key] = _Node(f"module{count}", "module", [], key)
+                count += 1
+            calls[key].members.append(node)
+            merged_into[node] = calls[key]
+        previous = node.scope
     return merged_into
 
 

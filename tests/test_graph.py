@@ -314,7 +314,26 @@ def test_collapse_draws_one_node_per_innermost_module():
     assert node_named(source, "W1")  # used in fc1 and outside Net: still drawn on its own
     edges = edges_of(source)
     assert ("module0", "module1", "") in edges and ("module1", "module2", "") in edges
-    assert len(edges) == len(set(edges))
+    into_or_out_of_modules = [e for e in edges if e[0].startswith("module") or e[1].startswith("module")]
+    assert len(into_or_out_of_modules) == len(set(into_or_out_of_modules))
+    # W1 * W1 runs outside every module and is drawn as without collapse: two arrows.
+    w1 = node_named(source, "W1")[0]
+    assert len([e for e in edges if e[0] == w1 and not e[1].startswith("module")]) == 2
+
+
+def test_collapse_draws_a_module_used_again_after_other_ops_as_a_second_node():
+    x = Tensor(np.ones((2, 3)))
+    W = Tensor(np.ones((3, 3)), requires_grad=True, name="W")
+    with mt.scope("lin"):
+        h = x @ W
+    h = h.tanh()
+    with mt.scope("lin"):
+        out = (h @ W).sum()
+    edges = edges_of(mt.to_dot(out, collapse=True))
+    modules = sorted({end for edge in edges for end in edge[:2] if end.startswith("module")})
+    assert modules == ["module0", "module1"]
+    assert ("module0", "op1", "") in edges and ("op1", "module1", "") in edges
+    assert ("module1", "module0", "") not in edges and ("op1", "module0", "") not in edges  # no cycle
 
 
 def test_collapse_to_a_depth_merges_everything_below_it():
@@ -494,7 +513,7 @@ def test_a_failed_render_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_writing_into_a_missing_folder_names_the_path_asked_for(tmp_path):
     path = tmp_path / "missing" / "g.dot"
     x = Tensor([1.0], requires_grad=True)
-    with pytest.raises(FileNotFoundError, match=rf"^\[Errno 2\] render_graph: cannot write '{path}': No such"):
+    with pytest.raises(FileNotFoundError, match=rf"^\[Errno 2\] render_graph: cannot write '{path}': No "):
         mt.render_graph(x.exp(), path)
     assert list(tmp_path.iterdir()) == []
 
