@@ -235,6 +235,13 @@ def test_the_tape_of_a_three_layer_loss_is_timed():
     assert tools["gradcheck"] > 0 and tools["draw_graph"] > 0
 
 
+def test_a_gradcheck_that_finds_wrong_gradients_is_reported_as_failed_not_timed(monkeypatch):
+    monkeypatch.setattr(mt, "gradcheck", lambda *args, **kwargs: mt.GradReport([], checks=[
+        mt.check.ContractCheck("two backward runs agree", False)]), raising=False)
+    tools = bench.time_tools(repeats=1)
+    assert tools["gradcheck"].startswith("failed: ValueError: it reports wrong gradients")
+
+
 def test_a_tool_that_raises_is_reported_as_failed_not_timed(monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("no len()")

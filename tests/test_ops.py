@@ -170,6 +170,28 @@ def test_pow_gradients_with_zero_bases_and_exponents_match_pytorch():
     np.testing.assert_array_equal(second[~varies], 0.0)
 
 
+@pytest.mark.parametrize("axes", [(1, 2, 0), (2, 0, 1), (0, 2, 1)])
+def test_transpose_by_a_permutation_that_is_not_its_own_inverse(axes, rng):
+    x_val = rng.standard_normal((2, 3, 4))
+    x = Tensor(x_val, requires_grad=True)
+    out = x.transpose(*axes)
+    upstream = rng.standard_normal(out.shape)
+    out.backward(upstream)
+    (expected,) = numeric_vjp(lambda v: np.transpose(v, axes), [x_val], upstream)
+    np.testing.assert_allclose(x.grad, expected, rtol=1e-6, atol=1e-8)
+    if torch is not None:
+        tx = torch.tensor(x_val, requires_grad=True)
+        tx.permute(*axes).backward(torch.tensor(upstream))
+        np.testing.assert_allclose(x.grad, tx.grad.numpy())
+
+
+def test_the_exponents_gradient_at_base_zero_is_zero_like_pytorch():
+    # d(a**b)/db = a**b * log(a): its limit at a = 0 is 0, not 0 * log(0) = nan.
+    b = Tensor([2.0, 3.0], requires_grad=True)
+    mt.pow(np.array([0.0, 2.0]), b).sum().backward()
+    np.testing.assert_allclose(b.grad, [0.0, 8 * np.log(2.0)])
+
+
 def test_elementwise_ops_refuse_extra_arguments_instead_of_writing_into_them():
     # NumPy's ufuncs would take the extra argument as out= and overwrite it.
     a, buffer = Tensor(np.ones((2, 3)), requires_grad=True), np.zeros((2, 3))

@@ -45,12 +45,14 @@ def traced(run):
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="measures resident memory through /proc")
 def test_backward_through_a_million_op_chain_completes_in_bounded_memory_and_frees_the_graph():
     # In a fresh process (benchmarks/long_chain.py), so the resident memory is this chain's alone.
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "long_chain.py"), "--json"],
+    # An odd number of negations: a sign-flipped neg derivative gives +1 instead of -1.
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "long_chain.py"), "--json",
+                          "--ops", "1000001"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert result["ops"] == 1_000_000 and result["gradient_correct"]
+    assert result["ops"] == 1_000_001 and result["gradient_correct"]
     assert result["graph_bytes"] / result["ops"] < 2000  # a bounded cost per recorded op
     assert result["backward_extra_peak_bytes"] < 0.5 * result["graph_bytes"]
     assert result["graph_freed_without_gc"]
