@@ -77,7 +77,10 @@ class Tensor:
                 _check_differentiable_dtype(value.dtype, "Tensor.data")
             self._data = value
         self._modified_at = position = autograd.change_position()
-        source = getattr(self, "_shares_with", None)
+        try:  # (an optimizer's step assigns every weight: an attribute read costs less than getattr)
+            source = self._shares_with
+        except AttributeError:  # a tensor an op made: it shares with nothing
+            source = None
         while source is not None and source._data is value:  # `w.detach().data -= 1` changes w
             source._modified_at = position
             source = getattr(source, "_shares_with", None)
