@@ -19,15 +19,24 @@ def check_positive_int(value: Any, what: str, where: str) -> None:
         raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1, or argparse's one-line error."""
+def _whole_number(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1, or argparse's one-line error."""
+    return _whole_number(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (a seed), or argparse's one-line error."""
+    return _whole_number(text, 0, "a non-negative integer")
 
 
 def non_negative_float(text: str) -> float:

@@ -38,26 +38,58 @@ class CheckpointError(ValueError):
 def save(model: Module, path: PathLike) -> None:
     """Write ``model.state_dict()`` to ``path`` as an ``.npz`` archive, atomically.
 
+    Through a symbolic link, the file it names is replaced, as ``np.savez`` writes. A
+    directory, a missing directory or a read-only file at ``path`` is refused before anything
+    is written.
+
     >>> import tempfile, nn
     >>> save(nn.Linear(2, 2), Path(tempfile.mkdtemp()) / "linear.npz")
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"nn.save: cannot write {path}: the directory {path.parent} does not exist")
+    target = writable_path(path, "nn.save")
     state = model.state_dict()
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as f:
             _write_npz(f, state)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        os.replace(temporary, path)
+        os.chmod(temporary, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
+        os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    _sync_directory(path.parent)
+    _sync_directory(target.parent)
+
+
+def writable_path(path: PathLike, where: str) -> Path:
+    """The file to write for ``path`` (a symbolic link's target), or an OSError starting with ``where``.
+
+    Checked before any work, so that a long computation does not end in an unwritable path
+    (the command line checks ``--save`` with it before training).
+
+    >>> writable_path("/no/such/dir/m.npz", "nn.save")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: nn.save: cannot write /no/such/dir/m.npz: the directory /no/such/dir does not exist
+    """
+    path = Path(path)
+    # Replacing a link by a regular file would leave the file it names stale, so write that file.
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    problem: OSError | None = None
+    if target.is_dir():
+        problem = IsADirectoryError("it is a directory")
+    elif not target.parent.exists():
+        problem = FileNotFoundError(f"the directory {target.parent} does not exist")
+    elif not target.parent.is_dir():
+        problem = NotADirectoryError(f"{target.parent} is a file, not a directory")
+    elif target.exists() and not (os.access(target, os.W_OK) and target.stat().st_mode & 0o222):
+        # Renaming over it would succeed, but a read-only file asks not to be replaced (the mode
+        # bits say so even to root, whom os.access lets write anything).
+        problem = PermissionError("the file is read-only")
+    if problem is not None:
+        raise type(problem)(f"{where}: cannot write {path}: {problem}")
+    return target
 
 
 def _write_npz(f: object, state: dict[str, np.ndarray]) -> None:
@@ -112,7 +144,8 @@ def read_checkpoint(path: PathLike, where: str = "nn.load") -> dict[str, np.ndar
     """Every array in the ``.npz`` archive at ``path``, fully read and integrity-checked.
 
     Every way a file can be wrong (missing, truncated, corrupted, a pickle, object arrays)
-    is one clear error starting with ``where``; the MNIST reader uses it too.
+    is one clear error starting with ``where``; the MNIST reader uses it too, so the messages
+    say "archive", not "checkpoint".
 
     >>> import tempfile, nn
     >>> path = Path(tempfile.mkdtemp()) / "m.npz"
@@ -124,8 +157,8 @@ def read_checkpoint(path: PathLike, where: str = "nn.load") -> dict[str, np.ndar
     try:
         with open(path, "rb") as f:
             head = f.read(len(ZIP_MAGIC))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{where}: no checkpoint file at {path}") from None
+    except OSError as err:  # missing, a directory, not permitted: the same error, named
+        raise type(err)(f"{where}: cannot read {path}: {err.strerror or err}") from None
     if head != ZIP_MAGIC:
         raise CheckpointError(f"{where}: {path} {_what_it_is_instead(head)}")
     try:
@@ -151,12 +184,12 @@ def _umask() -> int:
 
 def _what_it_is_instead(head: bytes) -> str:
     if ZIP_MAGIC.startswith(head):
-        return f"is truncated: {len(head)} bytes, not a whole .npz checkpoint archive"
+        return f"is truncated: {len(head)} bytes, not a whole .npz archive"
     if head.startswith(b"\x93NUMPY"[:len(head)]):
-        return "is a single .npy array, not an .npz checkpoint archive"
+        return "is a single .npy array, not an .npz archive"
     if head.startswith(b"\x80"):  # the opcode every pickle of protocol 2 or later starts with
-        return "is a pickle, which is never loaded; checkpoints are .npz archives of plain arrays"
-    return "is not an .npz checkpoint archive (it does not start like a zip file)"
+        return "is a pickle, which is never loaded; only .npz archives of plain arrays are"
+    return "is not an .npz archive (it does not start like a zip file)"
 
 
 def _unreadable(path: Path, err: BaseException, where: str) -> CheckpointError:

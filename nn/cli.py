@@ -24,7 +24,8 @@ import microtensor as mt
 import nn
 import nn.manual
 from nn import bench, data
-from nn.arguments import non_negative_float, positive_int
+from nn.arguments import non_negative_float, non_negative_int, positive_int
+from nn.checkpoint import writable_path
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -94,16 +95,27 @@ def _accuracy(model: nn.Module, split: Split) -> float:
     return nn.evaluate(model, *split)["accuracy"]
 
 
-def _render_loss_graph(loss: mt.Tensor, model: nn.Module, stem: Path, show_grad: bool) -> list[str]:
-    """The loss graph as ``.svg`` when Graphviz's ``dot`` is installed, else ``.dot`` and a hint."""
-    if shutil.which("dot"):
-        return [str(mt.render_graph(loss, stem.with_suffix(".svg"), params=model.named_parameters(),
-                                    show_grad=show_grad))]
-    path = mt.render_graph(loss, stem.with_suffix(".dot"), params=model.named_parameters(),
-                           show_grad=show_grad)
-    print(f"(Graphviz's dot is not installed, so the graph is DOT source: install graphviz and run "
-          f"`dot -Tsvg {path} -o {stem.with_suffix('.svg')}` to draw it)")
-    return [str(path)]
+def _render_loss_graph(loss: mt.Tensor, model: nn.Module, stem: Path, show_grad: bool) -> str:
+    """The loss graph as ``.svg`` when Graphviz's ``dot`` works, else as ``.dot`` with a hint."""
+    params = dict(model.named_parameters())
+    if not shutil.which("dot"):
+        problem = "Graphviz's dot is not installed, so the graph is DOT source: install graphviz and run"
+    else:
+        try:
+            return str(mt.render_graph(loss, stem.with_suffix(".svg"), params=params, show_grad=show_grad))
+        except RuntimeError as err:  # dot is there but failed: the DOT source is still worth having
+            problem = f"{' '.join(str(err).split())}; so the graph is DOT source: once dot works, run"
+    path = mt.render_graph(loss, stem.with_suffix(".dot"), params=params, show_grad=show_grad)
+    print(f"({problem} `dot -Tsvg {path} -o {stem.with_suffix('.svg')}` to draw it)")
+    return str(path)
+
+
+def _first(split: Split, size: int) -> Split:
+    """The first ``size`` examples of the digits' training split (``--batch``), if it has them."""
+    if size > len(split[0]):
+        raise CommandError(f"--batch {size}: the digits' training split holds only {len(split[0])} "
+                           f"examples")
+    return split[0][:size], split[1][:size]
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -135,13 +147,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(_indent(str(report)) + "\n")
 
     print("3. The loss graph, with each parameter's gradient norm, and the trained model:\n")
+    nn.save(model, out / "model.npz")  # the results first: drawing the graph is what may fail
+    history_file = _write_history(history, out / "history.csv")
     loss = nn.manual.loss(model64, X, y, reg=1e-3)
     loss.backward()
-    files = _render_loss_graph(loss, model64, out / "loss_graph", show_grad=True)
-    nn.save(model, out / "model.npz")
-    files.append(str(out / "model.npz"))
-    files.append(_write_history(history, out / "history.csv"))
-    print("\n".join(f"   wrote {f}" for f in files))
+    graph = _render_loss_graph(loss, model64, out / "loss_graph", show_grad=True)
+    print("\n".join(f"   wrote {f}" for f in (graph, out / "model.npz", history_file)))
     return 0 if report else 1
 
 
@@ -171,8 +182,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.save and Path(args.save).suffix != ".npz":
         raise CommandError(f"--save {args.save}: checkpoints are .npz files")
     for option, path in (("--save", args.save), ("--history", args.history)):
-        if path and not Path(path).parent.is_dir():
-            raise CommandError(f"{option} {path}: the directory {Path(path).parent} does not exist")
+        if path:
+            writable_path(path, option)  # before training, not after it
     if args.dropout and (args.model or ("mlp" if args.hidden else "two-layer")) != "mlp":
         raise CommandError("--dropout needs an mlp (--model mlp, or --hidden sizes alone)")
     train, val, test = load_dataset(args.dataset, args.data_dir, args.seed)
@@ -184,9 +195,15 @@ def _train(args: argparse.Namespace) -> int:
            nn.optim.SGD(model.parameters(), momentum=args.momentum, **settings))
     print(f"{type(model).__name__}{tuple(sizes)} on {args.dataset}: {len(train[0])} training, "
           f"{len(val[0])} validation, {len(test[0])} test examples")
-    history = nn.fit(model, *train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
-                     validation_data=val, seed=args.seed, progress=True)
-    print(f"test accuracy {_accuracy(model, test):.4f}")
+    # NumPy's overflow warnings on the way to a divergence say nothing the error below does not.
+    with np.errstate(all="ignore"):
+        try:
+            history = nn.fit(model, *train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+                             validation_data=val, seed=args.seed, progress=True)
+        except nn.train.TrainingDiverged as err:
+            raise CommandError(f"training diverged in epoch {err.epoch}: {err.reason}; try a smaller --lr "
+                               f"than {args.lr:g}") from None
+        print(f"test accuracy {_accuracy(model, test):.4f}")
     if args.save:
         nn.save(model, args.save)
         print(f"wrote {args.save}")
@@ -211,8 +228,9 @@ and ReLU output) and "scores" (the logits), to find the first wrong step."""
 
 
 def _check(args: argparse.Namespace) -> int:
-    (X_all, y_all), _, _ = load_dataset("digits", None, args.seed)
-    X, y = X_all[:args.batch].astype(np.float64), y_all[:args.batch]
+    train, _, _ = load_dataset("digits", None, args.seed)
+    X, y = _first(train, args.batch)
+    X = X.astype(np.float64)
     kind, sizes = _model_choice(args, X.shape[1], 10)
     model = build_model(kind, sizes, seed=args.seed, dtype=np.float64)
     if args.manual is None:
@@ -277,18 +295,20 @@ def _check_users_backward(path: str, model: nn.Module, X: np.ndarray, y: np.ndar
 
 # -- graph ----------------------------------------------------------------------------------
 def _graph(args: argparse.Namespace) -> int:
-    (X, y), _, _ = load_dataset("digits", None, args.seed)
+    out = writable_path(args.out, "--out")  # else the engine's error would name its temporary file
+    train, _, _ = load_dataset("digits", None, args.seed)
+    X, y = _first(train, args.batch)
     kind, sizes = _model_choice(args, X.shape[1], 10)
     model = build_model(kind, sizes, seed=args.seed)
-    loss = nn.functional.cross_entropy(model(X[:args.batch]), y[:args.batch])
+    loss = nn.functional.cross_entropy(model(X), y)
     if args.grad:
         loss.backward()
     try:
-        path = mt.render_graph(loss, args.out, params=model.named_parameters(), show_grad=args.grad,
-                               collapse=args.collapse)
+        mt.render_graph(loss, out, params=model.named_parameters(), show_grad=args.grad,
+                        collapse=args.collapse)
     except RuntimeError as err:  # Graphviz's dot is missing, or failed: its message says what to do
         raise CommandError(" ".join(str(err).split())) from None
-    print(f"wrote {path}")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -305,7 +325,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                         help="hidden sizes (two-layer: one, three-layer: two, mlp: any; "
                              "default 64 / 64 32 / 128 64)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data splits and weights")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for data splits and weights")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -316,7 +336,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train on the digits, check gradients three ways, draw the graph")
     demo.add_argument("--out", default="microtensor-demo", help="where to write (default: %(default)s)")
     demo.add_argument("--epochs", type=positive_int, default=30, help="epochs (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the split and the weights")
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="seed for the split and the weights")
     demo.set_defaults(run=_demo)
 
     train = commands.add_parser("train", help="train a model on digits, blobs or local MNIST")

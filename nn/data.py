@@ -304,6 +304,30 @@ def _mnist_arrays(path: Path) -> dict[str, np.ndarray]:
     return {key: read_idx(file) for key, file in found.items()}
 
 
+def _check_mnist_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Refuse arrays that are not MNIST's bytes: they would fail deep in training, or train on nonsense."""
+    for key, array in arrays.items():
+        labels = key.startswith("y")
+        expected = "class labels (N,)" if labels else "images (N, 28, 28) or (N, 784)"
+        if (array.ndim != 1 if labels else array.ndim < 2) or len(array) == 0:
+            raise ValueError(f"load_mnist: {key} in {path} has shape {array.shape}; expected {expected} "
+                             f"with N >= 1")
+        if array.dtype.kind not in "ui":  # float labels would be truncated to classes silently
+            raise ValueError(f"load_mnist: {key} in {path} has dtype {array.dtype}; expected {expected} "
+                             f"as integers in [0, 255], as the MNIST files hold them")
+        if array.min() < 0 or array.max() > 255:
+            raise ValueError(f"load_mnist: {key} in {path} holds values from {array.min()} to "
+                             f"{array.max()}; expected {expected} as integers in [0, 255]")
+    train, test = arrays["x_train"].shape[1:], arrays["x_test"].shape[1:]
+    if train != test:
+        raise ValueError(f"load_mnist: x_test in {path} holds images of shape {test} but x_train images "
+                         f"of shape {train}; they must match")
+    if arrays["y_test"].max() > arrays["y_train"].max():
+        raise ValueError(f"load_mnist: y_test in {path} holds label {arrays['y_test'].max()}, but y_train's "
+                         f"labels go up to {arrays['y_train'].max()}; the test set must use the "
+                         f"training set's classes")
+
+
 def load_mnist(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[Pair, Pair]:
     """MNIST from local files: ``((X_train, y_train), (X_test, y_test))``.
 
@@ -317,6 +341,7 @@ def load_mnist(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[Pair, 
     FileNotFoundError: load_mnist: /nonexistent does not hold the MNIST files; ...
     """
     arrays = _mnist_arrays(Path(path))
+    _check_mnist_arrays(arrays, Path(path))
     parts = []
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]

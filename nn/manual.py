@@ -85,7 +85,8 @@ def _check_every_parameter_is_in_a_linear(model: Module, layers: list[tuple[str,
                         f"manual backprop cannot account for them")
 
 
-def _one_hot(y: Any, n: int, classes: int) -> np.ndarray:
+def _targets(y: Any, n: int, classes: int) -> np.ndarray:
+    """Target rows (n, classes): one-hot rows for int labels, else the rows as given."""
     labels = np.asarray(y.data if isinstance(y, mt.Tensor) else y)
     if labels.shape == (n,) and labels.dtype.kind in "iu":
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
@@ -134,7 +135,10 @@ def gradients(model: Module, X: Any, y: Any, reg: float = 0.0, *,
     X = np.asarray(X.data if isinstance(X, mt.Tensor) else X, dtype=np.float64)
     values = _forward(layers, X)
     n = X.shape[0]
-    g = (_softmax(values[-1]) - _one_hot(y, n, values[-1].shape[1])) / n  # d loss / d logits
+    target = _targets(y, n, values[-1].shape[1])
+    # d loss / d logits of -sum(target * log_softmax) / n: softmax - target when each row of
+    # target sums to 1 (labels, one-hot, probabilities), and in general softmax * row sum - target.
+    g = (_softmax(values[-1]) * target.sum(axis=1, keepdims=True) - target) / n
     grads, outputs = {}, {}
     for (name, layer), x, out in reversed(list(zip(layers, values[:-1], values[1:]))):
         outputs[name] = g

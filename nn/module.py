@@ -18,7 +18,7 @@ give dotted names such as ``"fc1.weight"``. Calling a module runs its ``forward`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,21 @@ class Parameter(mt.Tensor):
 
     def __repr__(self) -> str:
         return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+def clear_grads(parameters: Iterable[mt.Tensor], set_to_none: bool = True) -> None:
+    """``.grad = None`` for each parameter, or zeros in place (``set_to_none=False``), as in PyTorch.
+
+    >>> w = Parameter([1.0]); w.grad = np.array([2.0]); clear_grads([w], set_to_none=False); w.grad
+    array([0.])
+    """
+    for p in parameters:
+        if set_to_none or p.grad is None:
+            p.grad = None
+        elif isinstance(p.grad, np.ndarray):
+            p.grad[...] = 0  # in place: whoever holds the array sees the zeros, as in PyTorch
+        else:  # a Tensor from backward(create_graph=True): PyTorch detaches it, then zeroes it
+            p.grad = np.zeros(p.shape, p.dtype)
 
 
 class StateDictError(ValueError):
@@ -168,10 +183,10 @@ class Module:
             yield parameter
 
     # -- training state ---------------------------------------------------------------------
-    def zero_grad(self) -> None:
-        """Forget every parameter's gradient (``.grad`` becomes None, as in PyTorch)."""
-        for parameter in self.parameters():
-            parameter.grad = None
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget every parameter's gradient (``.grad`` becomes None), or with ``set_to_none=False``
+        zero each gradient array in place, as in PyTorch."""
+        clear_grads(self.parameters(), set_to_none)
 
     def train(self, mode: bool = True) -> Module:
         """Set ``.training`` on this module and all below it (Dropout obeys it); returns self.
@@ -214,6 +229,12 @@ class Module:
         array([5.])
         """
         arrays = self._checked_state(state)
+        read_only = [name for name, p in self.named_parameters() if not p.data.flags.writeable]
+        if read_only:  # found before copying anything, so that nothing is half loaded
+            raise ValueError(f"{type(self).__name__}.load_state_dict: parameters {read_only} hold read-only "
+                             f"arrays (such as np.load(mmap_mode='r') gives), which cannot be loaded in "
+                             f"place; nothing was changed. Give them writable copies first: "
+                             f"p.data = p.data.copy()")
         for name, parameter in self.named_parameters():
             data = parameter.data
             np.copyto(data, arrays[name])

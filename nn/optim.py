@@ -23,6 +23,7 @@ import numpy as np
 
 import microtensor as mt
 from nn.arguments import check_positive_int
+from nn.module import clear_grads
 
 
 def _check_at_least(where: str, name: str, value: float, low: float = 0.0) -> None:
@@ -91,7 +92,12 @@ def _subtract_scaled(param: np.ndarray, step: np.ndarray, scale: float) -> None:
 
 
 def _checked_gradient(where: str, param: mt.Tensor) -> np.ndarray:
-    """``param.grad`` as an array (a Tensor's, after ``backward(create_graph=True)``), checked."""
+    """``param.grad`` as an array (a Tensor's, after ``backward(create_graph=True)``), checked,
+    and ``param.data`` checked to be writable."""
+    if not param.data.flags.writeable:
+        raise ValueError(f"{where}.step: a parameter of shape {param.shape} holds a read-only array (such "
+                         f"as np.load(mmap_mode='r') or np.frombuffer give), which a step cannot update "
+                         f"in place; give it a writable copy first: p.data = p.data.copy()")
     grad = param.grad.data if isinstance(param.grad, mt.Tensor) else param.grad
     if not isinstance(grad, np.ndarray) or grad.shape != param.shape:
         got = f"shape {grad.shape}" if isinstance(grad, np.ndarray) else f"a {type(grad).__name__}"
@@ -124,7 +130,12 @@ class Optimizer:
         self.state: dict[mt.Tensor, dict[str, Any]] = {}
 
     def _group(self, group: dict[str, Any], where: str) -> dict[str, Any]:
-        group = {**self.defaults, **group, "params": list(group["params"])}
+        if "params" not in group:
+            raise ValueError(f"{where}: a parameter group must have a 'params' entry, got keys {list(group)}")
+        params = group["params"]
+        # A lone Tensor is one parameter, as in PyTorch; list() would iterate over its rows.
+        params = [params] if isinstance(params, mt.Tensor) else list(params)
+        group = {**self.defaults, **group, "params": params}
         self._check_settings(group)
         for p in group["params"]:
             if not isinstance(p, mt.Tensor) or not p.requires_grad:
@@ -139,11 +150,11 @@ class Optimizer:
     def _check_settings(self, group: dict[str, Any]) -> None:
         _check_at_least(type(self).__name__, "learning rate lr", group["lr"])
 
-    def zero_grad(self) -> None:
-        """Forget every parameter's gradient (``.grad`` becomes None, as in PyTorch)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget every parameter's gradient (``.grad`` becomes None), or with ``set_to_none=False``
+        zero each gradient array in place, as in PyTorch."""
+        for group in self.param_groups:  # (a call per group, not a generator: this runs every step)
+            clear_grads(group["params"], set_to_none)
 
     def step(self) -> None:
         """Update every parameter that has a gradient, in place.
@@ -156,7 +167,11 @@ class Optimizer:
                 grad, data = p.grad, p.data
                 if grad is None:
                     continue
-                if type(grad) is not np.ndarray or grad.shape != data.shape:  # the usual case skips the call
+                # Checked here, before any update, so that a step that fails changes nothing. The
+                # writeable flag is checked on every step, not once at construction, because .data
+                # can be replaced at any time; BLAS's axpy would write into read-only memory.
+                if (type(grad) is not np.ndarray or grad.shape != data.shape
+                        or not data.flags.writeable):  # the usual case skips the call
                     grad = _checked_gradient(type(self).__name__, p)
                 updates.append((p, data, grad, group))
         update = self._update

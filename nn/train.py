@@ -20,6 +20,7 @@ import numpy as np
 
 import microtensor as mt
 from nn import functional as F
+from nn.arguments import check_positive_int
 from nn.data import DataLoader
 from nn.module import Module
 from nn.optim import SGD, LRScheduler, Optimizer
@@ -129,6 +130,20 @@ class _Diverged(Exception):
     """Training stopped being finite: a batch's loss (caught before its step), or a weight."""
 
 
+class TrainingDiverged(FloatingPointError):
+    """``fit`` stopped because a batch loss or a weight became nan or inf.
+
+    ``epoch`` (counted from 1), ``reason`` and ``lr`` (the learning rate then) say where and
+    why, so a caller can word its own message; the model and the optimizer's state are back as
+    they were at the start of that epoch.
+    """
+
+    def __init__(self, epoch: int, reason: str, lr: float) -> None:
+        super().__init__(f"fit: in epoch {epoch}, {reason}; the model and the optimizer's state are back "
+                         f"as they were at the start of that epoch. Try a smaller learning rate (now {lr})")
+        self.epoch, self.reason, self.lr = epoch, reason, lr
+
+
 def _snapshot(model: Module, optimizer: Optimizer) -> Callable[[], None]:
     """A function that puts the model's parameters and the optimizer's buffers back as they are now."""
     weights = model.state_dict()
@@ -188,8 +203,9 @@ def fit(
     steps once per epoch; ``seed`` fixes the shuffling. ``progress=True`` prints one line
     per epoch, ``False`` nothing, ``None`` (default) only once a run has lasted 5 s.
     A batch loss or a weight that becomes nan or inf stops training with a
-    FloatingPointError, and puts the model's parameters and the optimizer's state back as
-    they were at the start of that epoch, so a retry with a smaller rate can start there.
+    :class:`TrainingDiverged` (a FloatingPointError), and puts the model's parameters and the
+    optimizer's state back as they were at the start of that epoch, so a retry with a smaller
+    rate can start there.
 
     >>> import nn
     >>> X, y = nn.data.make_blobs(n_per_class=40, seed=1)
@@ -202,7 +218,11 @@ def fit(
     optimizer = _optimizer_for(model, optimizer, lr)
     if scheduler is not None and scheduler.optimizer is not optimizer:
         raise ValueError("fit: the scheduler was made for a different optimizer than the one training")
+    check_positive_int(epochs, "epochs", "fit")
     loader = DataLoader(X, y, batch_size, shuffle=shuffle, seed=seed)
+    if len(loader.X) == 0:
+        raise ValueError(f"fit: X and y hold no examples (X has shape {loader.X.shape}); there is nothing "
+                         f"to train on")
     classifying = class_labels(loader.y) is not None
     history, start = History(), time.perf_counter()
     for epoch in range(epochs):
@@ -212,10 +232,7 @@ def fit(
             train_loss, train_accuracy = _train_epoch(model, loader, optimizer, loss, classifying)
         except _Diverged as diverged:
             restore()  # so a retry with a smaller learning rate starts from finite weights
-            raise FloatingPointError(
-                f"fit: in epoch {epoch + 1}, {diverged}; the model and the optimizer's state are back "
-                f"as they were at the start of that epoch. Try a smaller learning rate (now "
-                f"{history.lr[-1]})") from None
+            raise TrainingDiverged(epoch + 1, str(diverged), history.lr[-1]) from None
         history.loss.append(train_loss)
         if classifying:
             history.accuracy.append(train_accuracy)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import nn
@@ -123,6 +124,14 @@ def test_graph_writes_the_picture_of_a_built_in_model(tmp_path, suffix):
     (["graph", "--out", "g.gif"], ["g.gif"]),
     (["graph"], ["--out"]),
     (["frobnicate"], ["invalid choice"]),
+    (["train", "--seed", "-1"], ["argument --seed: must be a non-negative integer, got -1"]),
+    (["demo", "--seed", "-1"], ["argument --seed: must be a non-negative integer, got -1"]),
+    (["check", "--seed", "-2"], ["argument --seed: must be a non-negative integer, got -2"]),
+    (["graph", "--out", "g.dot", "--seed", "-1"], ["argument --seed: must be a non-negative integer"]),
+    (["check", "--batch", "5000"], ["--batch 5000: the digits' training split holds only 1257 examples"]),
+    (["graph", "--out", "g.dot", "--batch", "5000"], ["--batch 5000: the digits' training split holds only"]),
+    # the path asked for, not the temporary file the picture is first written to
+    (["graph", "--out", "nodir/g.dot"], ["--out: cannot write nodir/g.dot: the directory nodir does not"]),
 ])
 def test_bad_arguments_and_missing_files_give_one_line_and_exit_status_2(args, fragments, tmp_path):
     assert_one_line_error(run(*args, cwd=tmp_path), *fragments)
@@ -154,3 +163,41 @@ def test_graph_without_graphviz_says_how_to_install_it_in_one_line(tmp_path):
                             env={"PATH": str(tmp_path)}, timeout=120)
     assert_one_line_error(result, "needs Graphviz's `dot`", "apt install graphviz", ".dot file")
     assert not (tmp_path / "g.svg").exists()
+
+
+def test_a_save_path_that_is_a_directory_is_refused_before_training(tmp_path):
+    (tmp_path / "d.npz").mkdir()
+    result = run("train", "--save", "d.npz", cwd=tmp_path)
+    assert_one_line_error(result, "--save: cannot write d.npz: it is a directory")
+    assert result.stdout == ""  # no epoch was trained
+
+
+def test_mnist_labels_that_are_not_classes_are_a_one_line_error(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=np.arange(20) % 10 - 1, x_test=images[:5],
+             y_test=np.arange(5))
+    result = run("train", "--dataset", "mnist", "--data-dir", tmp_path / "mnist.npz")
+    assert_one_line_error(result, "load_mnist: y_train in", "holds values from -1 to 8")
+
+
+def test_a_diverging_training_run_is_one_line_without_numpy_warnings():
+    result = run("train", "--epochs", "1", "--lr", "1e6")
+    assert_one_line_error(result, "microtensor train: error: training diverged in epoch 1: the training loss "
+                                  "became nan in batch", "try a smaller --lr than 1e+06")
+    assert "optimizer's state" not in result.stderr
+
+
+def test_demo_saves_its_results_and_the_dot_source_when_graphvizs_dot_fails(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dot").write_text("#!/bin/sh\necho 'dot: broken' >&2\nexit 1\n")
+    (bin_dir / "dot").chmod(0o755)
+    out = tmp_path / "out"
+    result = subprocess.run([COMMAND, "demo", "--out", out, "--epochs", "1"], capture_output=True, text=True,
+                            env={"PATH": str(bin_dir)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Graphviz's dot failed to write .svg: dot: broken; so the graph is DOT source" in result.stdout
+    for name in ("loss_graph.dot", "model.npz", "history.csv"):
+        assert (out / name).stat().st_size > 0 and f"wrote {out / name}" in result.stdout

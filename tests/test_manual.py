@@ -77,6 +77,17 @@ def test_int_labels_and_one_hot_labels_give_the_same_gradients(rng):
         np.testing.assert_array_equal(by_int[name], by_one_hot[name])
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.5, 3.0])
+def test_target_rows_that_do_not_sum_to_1_agree_with_the_tape(scale, rng):
+    # The loss is -sum(y * log_softmax) / n, whose gradient is softmax * (row sum of y) - y, not
+    # the familiar softmax - y, when the rows of y do not sum to 1 (scale 0: all-zero rows).
+    model = with_random_biases(MODELS["TwoLayerNet"](), rng)
+    X, _ = data(rng)
+    targets = rng.random((8, 3)) * scale
+    report = nn.manual.check(model, X, targets, reg=0.1, entries=None)
+    assert report, str(report)
+
+
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 def test_mlps_with_each_activation_agree_three_ways(activation, rng):
     model = nn.MLP([5, 6, 4, 3], activation=activation, seed=3, dtype=np.float64)

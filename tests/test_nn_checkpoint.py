@@ -203,7 +203,7 @@ def test_a_single_npy_array_is_not_a_checkpoint(tmp_path):
 
 def test_a_file_that_is_no_archive_is_rejected(tmp_path):
     (tmp_path / "notes.npz").write_text("hello")
-    _check_rejected(tmp_path / "notes.npz", "is not an .npz checkpoint archive")
+    _check_rejected(tmp_path / "notes.npz", r"is not an .npz archive \(it does not start like a zip file\)")
 
 
 def test_a_member_that_is_not_an_array_is_rejected(saved):
@@ -214,13 +214,68 @@ def test_a_member_that_is_not_an_array_is_rejected(saved):
 
 
 def test_loading_a_missing_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint file at .*absent.npz"):
+    with pytest.raises(FileNotFoundError, match="^nn.load: cannot read .*absent.npz: No such file"):
         nn.load(nn.TwoLayerNet(3, 4, 2), tmp_path / "absent.npz")
+
+
+def test_loading_a_directory_is_an_error_naming_nn_load_and_the_path(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"^nn.load: cannot read {tmp_path}: Is a directory"):
+        nn.load(nn.TwoLayerNet(3, 4, 2), tmp_path)
+
+
+# Each field zipfile refuses to read past: the compression method (an unknown one), the
+# version needed to extract (a newer one), the flags (the encryption bit).
+ZIP_HEADER_FIELDS = {"compression method": (8, 99), "version needed": (4, 99), "flags": (6, 1)}
+
+
+@pytest.mark.parametrize("field", ZIP_HEADER_FIELDS)
+def test_a_changed_zip_header_field_is_a_checkpoint_error_and_the_model_unchanged(saved, field):
+    _, path = saved
+    offset, value = ZIP_HEADER_FIELDS[field]
+    raw = bytearray(path.read_bytes())
+    central = raw.index(b"PK\x01\x02")  # the first member's central directory entry, which zipfile reads
+    raw[central + offset + 2] = value  # a central entry has 2 bytes more than the local header before these
+    path.write_bytes(bytes(raw))
+    _check_rejected(path, "is truncated or corrupted")
 
 
 def test_saving_into_a_missing_directory_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nn.save: cannot write .*directory .*nowhere does not exist"):
         nn.save(nn.Linear(2, 2), tmp_path / "nowhere" / "model.npz")
+
+
+def test_saving_under_a_file_says_it_is_not_a_directory(saved):
+    _, path = saved
+    with pytest.raises(NotADirectoryError, match=f"^nn.save: cannot write {path}/m.npz: {path} is a file"):
+        nn.save(nn.Linear(2, 2), path / "m.npz")
+
+
+def test_saving_onto_a_directory_names_it_and_leaves_no_temporary_behind(tmp_path):
+    (tmp_path / "model.npz").mkdir()
+    message = f"^nn.save: cannot write {tmp_path}/model.npz: it is a directory"
+    with pytest.raises(IsADirectoryError, match=message):
+        nn.save(nn.Linear(2, 2), tmp_path / "model.npz")
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_saving_through_a_symbolic_link_writes_the_file_it_names(saved, tmp_path):
+    _, path = saved
+    link = tmp_path / "link.npz"
+    link.symlink_to(path)
+    newer = nn.TwoLayerNet(3, 4, 2, seed=9)
+    nn.save(newer, link)
+    assert link.is_symlink() and sorted(os.listdir(tmp_path)) == ["link.npz", "model.npz"]
+    loaded = nn.load(nn.TwoLayerNet(3, 4, 2), path)
+    np.testing.assert_array_equal(loaded.fc2.weight.data, newer.fc2.weight.data)
+
+
+def test_saving_onto_a_read_only_file_is_refused_and_leaves_it_as_it_was(saved):
+    _, path = saved
+    old_bytes = path.read_bytes()
+    os.chmod(path, 0o444)
+    with pytest.raises(PermissionError, match=f"^nn.save: cannot write {path}: the file is read-only"):
+        nn.save(nn.TwoLayerNet(3, 4, 2, seed=9), path)
+    assert path.read_bytes() == old_bytes and path.stat().st_mode & 0o777 == 0o444
 
 
 def test_checkpoint_errors_are_value_errors():

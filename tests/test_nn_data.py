@@ -206,7 +206,7 @@ def _idx_bytes(array):
 
 def _write_fake_mnist(directory, gz):
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (5, 28, 28)), "y_train": rng.integers(0, 10, 5),
+    arrays = {"x_train": rng.integers(0, 256, (5, 28, 28)), "y_train": np.array([4, 9, 0, 6, 1]),
               "x_test": rng.integers(0, 256, (3, 28, 28)), "y_test": rng.integers(0, 10, 3)}
     for key, stem in data.MNIST_FILES.items():
         raw = _idx_bytes(arrays[key])
@@ -267,3 +267,45 @@ def test_a_damaged_gzip_idx_is_a_clear_error(tmp_path):
     (tmp_path / "bad.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros((4, 4))))[:-10])
     with pytest.raises(ValueError, match="read_idx: .*bad.gz could not be read"):
         data.read_idx(tmp_path / "bad.gz")
+
+
+def test_a_file_that_is_not_an_npz_is_not_called_a_checkpoint(tmp_path):
+    (tmp_path / "mnist.npz").write_text("hello")
+    with pytest.raises(ValueError, match=r"^load_mnist: .*mnist.npz is not an .npz archive") as info:
+        data.load_mnist(tmp_path / "mnist.npz")
+    assert "checkpoint" not in str(info.value)
+
+
+def _mnist_npz(tmp_path, **changes):
+    arrays = {k: v.astype(np.uint8) for k, v in _write_fake_mnist(tmp_path, gz=False).items()}
+    np.savez(tmp_path / "mnist.npz", **{**arrays, **changes})
+    return tmp_path / "mnist.npz"
+
+
+BAD_MNIST = {
+    "negative label": (dict(y_train=np.array([0, 1, -1, 2, 9])),
+                       r"y_train in .* holds values from -1 to 9; expected class labels"),
+    "label over 255": (dict(y_train=np.array([0, 1, 300, 2, 9])),
+                       r"y_train in .* holds values from 0 to 300; .*integers in \[0, 255\]"),
+    "float labels": (dict(y_train=np.array([0.7, 1.2, 3.0, 2.0, 9.0])),
+                     r"y_train in .* has dtype float64; expected class labels"),
+    "string labels": (dict(y_test=np.array(["a", "b", "c"])), r"y_test in .* has dtype <U1"),
+    "one-hot labels": (dict(y_train=np.eye(10)[[0, 1, 2, 3, 9]]),
+                       r"y_train in .* has shape \(5, 10\); expected class labels \(N,\)"),
+    "0-d images": (dict(x_train=np.array(3, np.uint8)), r"x_train in .* has shape \(\); expected images"),
+    "no test images": (dict(x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, np.uint8)),
+                       r"x_test in .* has shape \(0, 28, 28\)"),
+    "float images": (dict(x_train=np.full((5, 784), 0.5)),
+                     r"x_train in .* has dtype float64; expected images"),
+    "other image shape": (dict(x_test=np.zeros((3, 20, 20), np.uint8)),
+                          r"x_test in .* holds images of shape \(20, 20\) but x_train"),
+    "test label outside the classes": (dict(y_test=np.array([1, 12, 3])),
+                                       r"y_test in .* holds label 12, but y_train's labels go up to 9"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MNIST)
+def test_mnist_arrays_that_are_not_mnists_bytes_are_clear_errors(tmp_path, case):
+    changes, message = BAD_MNIST[case]
+    with pytest.raises(ValueError, match=rf"^load_mnist: {message}"):
+        data.load_mnist(_mnist_npz(tmp_path, **changes))

@@ -147,6 +147,14 @@ def test_zero_grad_clears_every_parameter_gradient():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_zero_grad_without_set_to_none_zeroes_every_gradient_in_place():
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    nn.functional.cross_entropy(model(np.ones((2, 2), dtype=np.float32)), np.array([0, 1])).backward()
+    held = [p.grad for p in model.parameters()]
+    model.zero_grad(set_to_none=False)
+    assert all(p.grad is g and not g.any() for p, g in zip(model.parameters(), held))
+
+
 # -- state dict ----------------------------------------------------------------------------------
 def test_state_dict_is_a_copy_keyed_by_dotted_names():
     model = nn.TwoLayerNet(2, 3, 2, seed=0)
@@ -193,6 +201,17 @@ def test_load_state_dict_rejects_a_mismatch_and_changes_nothing(change, message)
         model.load_state_dict(bad)
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def test_load_state_dict_into_a_read_only_parameter_is_refused_before_anything_changes():
+    model = nn.TwoLayerNet(2, 3, 2, seed=0)
+    model.fc2.weight.data = np.frombuffer(model.fc2.weight.data.tobytes(), np.float32).reshape(3, 2)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"^TwoLayerNet.load_state_dict: parameters \['fc2.weight'\] hold "
+                                         r"read-only arrays .*nothing was changed"):
+        model.load_state_dict(nn.TwoLayerNet(2, 3, 2, seed=1).state_dict())
+    for name, value in model.state_dict().items():  # fc1 comes first: a partial load would show there
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
 def test_state_dict_error_is_a_value_error_listing_every_problem():

@@ -226,6 +226,69 @@ def test_optimizer_zero_grad_clears_the_gradients_it_holds():
     assert w.grad is None
 
 
+def test_zero_grad_without_set_to_none_zeroes_each_gradient_in_place_as_torch_does():
+    a, b, unused = (mt.Tensor([1.0, 2.0], requires_grad=True) for _ in range(3))
+    opt = SGD([a, b, unused], lr=0.1)
+    (a * 2.0).sum().backward()
+    (b * b).sum().backward(create_graph=True)  # b.grad is a Tensor carrying a graph
+    held = a.grad
+    opt.zero_grad(set_to_none=False)
+    assert a.grad is held and np.array_equal(held, [0.0, 0.0])
+    assert type(b.grad) is np.ndarray and np.array_equal(b.grad, [0.0, 0.0])
+    assert unused.grad is None  # as in PyTorch: a gradient that was never made stays None
+    (a * 3.0).sum().backward()
+    np.testing.assert_array_equal(a.grad, [3.0, 3.0])
+
+
+def _read_only(kind):
+    values = np.array([1.0, 2.0, 3.0])
+    if kind == "np.frombuffer":
+        return np.frombuffer(values.tobytes(), dtype=np.float64)
+    values.setflags(write=False)
+    return values
+
+
+@pytest.mark.parametrize("kind", ["np.frombuffer", "setflags(write=False)"])
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: SGD(p, lr=0.1, momentum=0.9),
+                                  lambda p: Adam(p, lr=0.1)], ids=["SGD", "SGD momentum", "Adam"])
+def test_a_step_refuses_a_read_only_parameter_before_updating_any(make, kind):
+    first, frozen = mt.Tensor([1.0, 2.0], requires_grad=True), mt.Tensor(_read_only(kind), requires_grad=True)
+    opt = make([first, frozen])
+    (first.sum() + frozen.sum()).backward()
+    message = rf"^{type(opt).__name__}.step: a parameter of shape \(3,\) holds a read-only array"
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    np.testing.assert_array_equal(first.data, [1.0, 2.0])  # updated before the failure, it would differ
+    np.testing.assert_array_equal(frozen.data, [1.0, 2.0, 3.0])
+    assert opt.state == {}
+
+
+def test_a_read_only_memory_map_given_to_a_parameter_later_is_refused_at_the_step(tmp_path):
+    np.save(tmp_path / "w.npy", np.ones((4, 3)))
+    w = mt.Tensor(np.zeros((4, 3)), requires_grad=True)
+    opt = SGD([w], lr=0.1)
+    w.data = np.load(tmp_path / "w.npy", mmap_mode="r")  # BLAS's axpy would write into the mapped file
+    (w * 2.0).sum().backward()
+    with pytest.raises(ValueError, match="read-only array"):
+        opt.step()
+    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), np.ones((4, 3)))
+
+
+def test_a_lone_tensor_as_a_groups_params_is_one_parameter_as_in_torch():
+    a, b = mt.Tensor([1.0, 1.0], requires_grad=True), mt.Tensor([1.0], requires_grad=True)
+    opt = SGD([{"params": a}, {"params": b, "lr": 1.0}], lr=0.1)
+    assert [group["params"] for group in opt.param_groups] == [[a], [b]]
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    np.testing.assert_allclose(a.data, [0.9, 0.9])
+    np.testing.assert_allclose(b.data, [0.0])
+
+
+def test_a_group_without_params_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"^SGD: a parameter group must have a 'params' entry, got keys"):
+        SGD([{"lr": 0.5}], lr=0.1)
+
+
 def test_parameter_groups_take_their_own_settings():
     a, b = mt.Tensor([1.0], requires_grad=True), mt.Tensor([1.0], requires_grad=True)
     opt = SGD([{"params": [a]}, {"params": [b], "lr": 1.0}], lr=0.1)

@@ -135,10 +135,25 @@ def test_fit_stops_with_a_clear_error_when_the_loss_diverges():
     before = model.state_dict()
     with pytest.raises(FloatingPointError, match=r"in epoch 1, a weight became nan or inf while every "
                                                  r"batch loss was finite; the model and the optimizer's "
-                                                 r"state are back .* Try a smaller"):
+                                                 r"state are back .* Try a smaller") as info:
         nn.fit(model, X, np.arange(8) % 2, epochs=2, lr=1e10, progress=False)
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+    # The pieces of the message, for a caller (the command line) to word its own.
+    assert isinstance(info.value, nn.train.TrainingDiverged)
+    assert (info.value.epoch, info.value.lr) == (1, 1e10)
+    assert info.value.reason == "a weight became nan or inf while every batch loss was finite"
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 2.5, "3", True])
+def test_fit_refuses_epochs_that_are_not_a_positive_integer(epochs):
+    with pytest.raises(ValueError, match=rf"^fit: epochs must be a positive integer, got {epochs!r}"):
+        nn.fit(nn.TwoLayerNet(2, 4, 2), np.zeros((4, 2)), np.zeros(4, int), epochs=epochs)
+
+
+def test_fit_on_no_examples_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"^fit: X and y hold no examples \(X has shape \(0, 2\)\)"):
+        nn.fit(nn.TwoLayerNet(2, 4, 2), np.zeros((0, 2)), np.zeros(0, int))
 
 
 def test_a_fit_that_diverges_in_a_later_epoch_leaves_what_the_epoch_before_left():

@@ -255,11 +255,31 @@ STATE_DICT = [
 ] + [
     Bad("load_state_dict, a list", lambda: model().load_state_dict([1, 2]), TypeError,
         r"^TwoLayerNet.load_state_dict: expected a mapping of parameter names to arrays .*got a list"),
+    Bad("load_state_dict into a read-only parameter", lambda: load_into_read_only(), ValueError,
+        r"^TwoLayerNet.load_state_dict: parameters \['fc2.weight'\] hold read-only arrays"),
 ]
+
+
+def read_only(*shape: int, dtype: Any = np.float64) -> np.ndarray:
+    """Zeros in memory nothing may write to, as np.frombuffer of bytes gives."""
+    return np.frombuffer(bytes(int(np.prod(shape)) * np.dtype(dtype).itemsize), dtype).reshape(shape)
+
+
+def load_into_read_only() -> None:
+    target = model()
+    target.fc2.weight.data = read_only(3, 2, dtype=np.float32)
+    target.load_state_dict(model().state_dict())
 
 # -- optimizers ---------------------------------------------------------------------------------
 def weight() -> Tensor:
     return ones(2)
+
+
+def step_of_read_only(optimizer: type) -> None:
+    w = Tensor(read_only(2), requires_grad=True)
+    opt = optimizer([w], lr=0.1)
+    w.sum().backward()
+    opt.step()
 
 
 def shared_twice() -> None:
@@ -296,6 +316,12 @@ OPTIMIZERS = [
         r"^Adam: betas must be a pair \(beta1, beta2\), got \(0.9,\)"),
     Bad("SGD with negative momentum", lambda: SGD([weight()], lr=0.1, momentum=-0.5), ValueError,
         r"^SGD: invalid momentum -0.5"),
+    Bad("a parameter group without params", lambda: SGD([{"lr": 0.5}], lr=0.1), ValueError,
+        r"^SGD: a parameter group must have a 'params' entry, got keys \['lr'\]"),
+    Bad("SGD step of a read-only parameter", lambda: step_of_read_only(SGD), ValueError,
+        r"^SGD.step: a parameter of shape \(2,\) holds a read-only array"),
+    Bad("Adam step of a read-only parameter", lambda: step_of_read_only(Adam), ValueError,
+        r"^Adam.step: a parameter of shape \(2,\) holds a read-only array"),
 ]
 
 CATALOGUE = BROADCAST + MATMUL + AXES + DTYPES + EMPTY + TARGETS + BACKWARD + STATE_DICT + OPTIMIZERS
