@@ -19,6 +19,14 @@ PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_code_block_is_tagged_so_that_it_runs_or_is_read_as_output(document):
+    # A ```py or ```python3 block would be skipped silently. Besides python, text (output) and
+    # console blocks, the guides hold shell commands that CI runs (bash) and formulas (math).
+    tags = re.findall(r"^```(\w*)\n.*?^```\n", document.read_text(), re.S | re.M)
+    assert set(tags) <= {"python", "text", "console", "bash", "math"}, tags
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_in_docs_run(document, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
     namespace: dict = {"__name__": "__docs__"}

@@ -35,7 +35,7 @@ import nn.cli
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = ["README.md", "docs/index.md", "docs/tutorial.md", "docs/from-numpy.md", "docs/manual-backprop.md",
-          "docs/api.md"]
+          "docs/api.md", "docs/nn.md", "docs/design.md", "docs/reliability.md", "docs/graph.md"]
 API = ROOT / "docs" / "api.md"
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 TIMING = re.compile(r"\b\d+\.\d+ ?s\b")

@@ -89,6 +89,79 @@ def test_one_sgd_step_is_w_minus_lr_times_grad_plus_weight_decay():
     np.testing.assert_allclose(w.data, [1.0 - 0.1 * (3.0 + 0.5), -2.0 - 0.1 * (4.0 - 1.0)])
 
 
+def _steps_with_gradients(optimizer, w, gradients):
+    """``optimizer`` stepped once per given gradient (set by hand); the weights after each step."""
+    weights = []
+    for g in gradients:
+        w.grad = np.array(g, dtype=np.float64)
+        optimizer.step()
+        weights.append(w.data.copy())
+    return weights
+
+
+# Gradients that shrink after a large first one: Adam's v then falls, and amsgrad's running
+# maximum of v differs from v (with gradients of one size the two are the same).
+SHRINKING = [[10.0, -10.0], [0.1, 0.1], [0.1, 0.1]]
+
+
+def _adam_by_the_formula(w0, gradients, lr, b1, b2, eps, weight_decay=0.0, amsgrad=False):
+    p, m, v, v_max, out = np.array(w0), 0.0, 0.0, 0.0, []
+    for t, g in enumerate(np.asarray(gradients), start=1):
+        g = g + weight_decay * p
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        v_max = np.maximum(v_max, v)
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v_max if amsgrad else v) / np.sqrt(1 - b2 ** t) + eps)
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(weight_decay=0.5), dict(amsgrad=True)],
+                         ids=["plain", "weight_decay", "amsgrad"])
+def test_adam_steps_are_the_docstrings_formula(settings):
+    w = mt.Tensor([1.0, -2.0], requires_grad=True)
+    ours = _steps_with_gradients(Adam([w], lr=0.1, betas=(0.9, 0.9), **settings), w, SHRINKING)
+    expected = _adam_by_the_formula([1.0, -2.0], SHRINKING, 0.1, 0.9, 0.9, 1e-8, **settings)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12)
+
+
+def test_amsgrad_takes_other_steps_than_adam_once_v_falls():
+    runs = []
+    for amsgrad in (False, True):
+        w = mt.Tensor([1.0, -2.0], requires_grad=True)
+        runs.append(_steps_with_gradients(Adam([w], lr=0.1, betas=(0.9, 0.9), amsgrad=amsgrad), w, SHRINKING))
+    assert np.abs(runs[0][-1] - runs[1][-1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("settings", [dict(momentum=0.9), dict(momentum=0.9, dampening=0.3),
+                                      dict(momentum=0.9, dampening=0.3, nesterov=False, weight_decay=0.5)],
+                         ids=["momentum", "dampening", "dampening_weight_decay"])
+def test_sgd_momentum_steps_are_the_docstrings_formula(settings):
+    # buf = g at the first step (no dampening there), then momentum * buf + (1 - dampening) * g.
+    w = mt.Tensor([1.0, -2.0], requires_grad=True)
+    ours = _steps_with_gradients(SGD([w], lr=0.1, **settings), w, SHRINKING)
+    p, buf, expected = np.array([1.0, -2.0]), None, []
+    for g in np.asarray(SHRINKING):
+        g = g + settings.get("weight_decay", 0.0) * p
+        buf = g.copy() if buf is None else 0.9 * buf + (1 - settings.get("dampening", 0.0)) * g
+        p = p - 0.1 * buf
+        expected.append(p)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)  # BLAS rounds once, the formula twice
+
+
+@requires_torch
+@pytest.mark.parametrize("settings", [dict(amsgrad=True), dict(weight_decay=0.5, amsgrad=True)])
+def test_adam_with_hand_set_shrinking_gradients_matches_torch(settings):
+    w = mt.Tensor([1.0, -2.0], requires_grad=True)
+    ours = _steps_with_gradients(Adam([w], lr=0.1, betas=(0.9, 0.9), **settings), w, SHRINKING)
+    t = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    theirs, opt = [], torch.optim.Adam([t], lr=0.1, betas=(0.9, 0.9), **settings)
+    for g in SHRINKING:
+        t.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        theirs.append(t.detach().numpy().copy())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
 LAYOUTS = {  # the arrays a parameter may hold; BLAS updates the contiguous float32 and float64 ones
     "rows": (lambda rng: rng.standard_normal((700, 130)), True),
     "one long row": (lambda rng: rng.standard_normal((1, 70_001)), True),
@@ -351,6 +424,18 @@ def test_step_lr_multiplies_by_gamma_every_step_size_epochs():
 
 def test_exponential_lr_multiplies_by_gamma_every_epoch():
     assert _our_rates(lambda opt: ExponentialLR(opt, gamma=0.5), 3) == pytest.approx([0.25, 0.125, 0.0625])
+
+
+@pytest.mark.parametrize("make", [lambda opt: StepLR(opt, step_size=1, gamma=0.1),
+                                  lambda opt: ExponentialLR(opt, gamma=0.1)], ids=["StepLR", "ExponentialLR"])
+def test_a_scheduler_scales_every_parameter_groups_rate(make):
+    a, b = mt.Tensor([0.0], requires_grad=True), mt.Tensor([0.0], requires_grad=True)
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 5.0}], lr=0.5)
+    scheduler = make(opt)
+    opt.step()
+    scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([0.05, 0.5])
+    assert [group["lr"] for group in opt.param_groups] == pytest.approx([0.05, 0.5])
 
 
 def test_a_scheduled_rate_is_what_the_optimizer_uses():
