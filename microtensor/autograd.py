@@ -551,7 +551,9 @@ def _add_into(current: Any, grad: Any, t: Tensor) -> Any:
         _check_differentiable_dtype(t._data.dtype, "backward")
         grad = grad.astype(t._data.dtype)
     total = grad if current is None else current + grad
-    return np.asarray(total) if isinstance(total, np.generic) else total  # 0-d results are scalars
+    if type(total) is not np.ndarray and not isinstance(total, Tensor):  # NumPy's 0-d results are scalars
+        total = np.asarray(total)
+    return total
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,14 @@ def clear_grads(parameters: Iterable[mt.Tensor], set_to_none: bool = True) -> No
     >>> w = Parameter([1.0]); w.grad = np.array([2.0]); clear_grads([w], set_to_none=False); w.grad
     array([0.])
     """
-    for p in parameters:
-        if set_to_none or p.grad is None:
+    if set_to_none:  # every training step: the plain loop
+        for p in parameters:
             p.grad = None
-        elif isinstance(p.grad, np.ndarray):
+        return
+    for p in parameters:
+        if p.grad is None:
+            continue
+        if isinstance(p.grad, np.ndarray):
             p.grad[...] = 0  # in place: whoever holds the array sees the zeros, as in PyTorch
         else:  # a Tensor from backward(create_graph=True): PyTorch detaches it, then zeroes it
             p.grad = np.zeros(p.shape, p.dtype)
