@@ -633,6 +633,12 @@ def tape(output: Tensor) -> Tape:
     return entries
 
 
+def _listed(values: Any) -> list[Any]:
+    """One Tensor (or a stray value, for the error to name) as a list; any other iterable listed."""
+    single = isinstance(values, (Tensor, np.ndarray)) or not isinstance(values, Iterable)
+    return [values] if single else list(values)
+
+
 def grad(
     outputs: Tensor | Sequence[Tensor],
     inputs: Tensor | Sequence[Tensor],
@@ -649,8 +655,7 @@ def grad(
     >>> grad((x ** 3).sum(), x)
     (array([ 3., 12.]),)
     """
-    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    outputs, inputs = _listed(outputs), _listed(inputs)
     for output in outputs:
         expect_tensor(output, "grad")
     if grad_outputs is None:

@@ -381,9 +381,11 @@ def _projections(f: Callable[..., Any], out: Tensor, leaves: Sequence[Tensor], n
 
 
 def _op_input_row(t: Tensor, i: int, graph: _Graph, g: np.ndarray, eps: float, atol: float,
-                  rtol: float) -> GradRow:
+                  rtol: float) -> tuple[GradRow, int]:
     """One recorded op's backward rule for input ``i``, alone, against finite differences of its
-    forward at the values it saw, for the upstream gradient ``g``."""
+    forward at the values it saw, for the upstream gradient ``g``; and, for a relu whose rule
+    disagrees only at inputs within ``eps`` of its kink at 0, how many such inputs there are
+    (a difference quotient across the kink is no derivative), else 0."""
     node = t._node
     values = node.arrays
 
@@ -394,7 +396,11 @@ def _op_input_row(t: Tensor, i: int, graph: _Graph, g: np.ndarray, eps: float, a
     by_rule = _rule(t, i, g)
     use = dataclasses.replace(graph.step(t), index=i, grad_output=g, rest=np.zeros(np.shape(values[i])))
     context = Context(label=use.labels[i], uses=(use,), batch_size=graph.batch_size)
-    return compare_row(use.labels[i], numeric, by_rule, atol, rtol, context)
+    row = compare_row(use.labels[i], numeric, by_rule, atol, rtol, context)
+    at_kink = np.abs(values[i]) <= eps if node.op.name == "relu" and not row.ok else np.zeros(0, bool)
+    if at_kink.any() and Evidence(numeric, by_rule, atol, rtol).fits(numeric, where=~at_kink):
+        return row, int(at_kink.sum())
+    return row, 0
 
 
 def _diagnose_ops(out: Tensor, leaves: Sequence[Tensor], rows: dict[int, GradRow], rng: np.random.Generator,
@@ -408,16 +414,16 @@ def _diagnose_ops(out: Tensor, leaves: Sequence[Tensor], rows: dict[int, GradRow
         step = graph.step(t)
         for i, a in enumerate(t._node.inputs):
             if isinstance(a, Tensor) and a.requires_grad and a.size <= _FULL_JACOBIAN_LIMIT[1]:
-                row = _op_input_row(t, i, graph, g, eps, atol, rtol)
+                row, at_kink = _op_input_row(t, i, graph, g, eps, atol, rtol)
                 if row.ok:
                     continue
                 line = f"{graph.labels[id(t)]} = {step.op}({', '.join(step.labels)})"
-                at_kink = int(np.sum(np.abs(t._node.arrays[i]) <= eps)) if step.op == "relu" else 0
-                if at_kink:  # a difference quotient across the kink is no derivative: the rule is fine
-                    wrong_ops.append((t, f"finite differences cannot judge relu in `{line}`: {at_kink} of "
-                                         f"its inputs lie within eps={eps:g} of its kink at 0, where the "
-                                         f"difference quotient straddles the kink; check at inputs away "
-                                         f"from 0, or with a smaller eps"))
+                if at_kink:  # the rule agrees everywhere else
+                    inputs = f"{at_kink} of its inputs lie" if at_kink > 1 else "1 of its inputs lies"
+                    wrong_ops.append((t, f"finite differences cannot judge relu in `{line}`: {inputs} within "
+                                         f"eps={eps:g} of its kink at 0, where the difference quotient "
+                                         f"straddles the kink, and its rule agrees everywhere else; check "
+                                         f"at inputs away from 0, or with a smaller eps"))
                 else:
                     wrong_ops.append((t, f"the backward rule of {step.op} in `{line}` is wrong for its "
                                          f"input {row.name}: it {row.diagnosis}"))

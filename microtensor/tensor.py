@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,10 @@ class Tensor:
     array([2., 4., 6.])
     """
 
-    # _shares_with: the tensor whose array this one was made on (detach, Tensor(t)); set only by
-    # __init__, so read with getattr: tensors the ops make never have one.
+    # _shares_with: weak references to every tensor made on this one's array (detach, Tensor(t)),
+    # this one included, one list shared by them all; unset on tensors the ops make.
     __slots__ = ("_data", "grad", "requires_grad", "name", "_node", "_retains_grad", "_modified_at",
-                 "_shares_with")
+                 "_shares_with", "__weakref__")
     # Make NumPy hand `ndarray + tensor` to Tensor.__radd__ instead of looping over it.
     __array_ufunc__ = None
 
@@ -50,8 +51,8 @@ class Tensor:
             self._data = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError) as err:
             raise TypeError(f"Tensor: cannot make an array of {type(data).__name__}: {err}") from None
-        # A change made in place through this tensor changes that one too (see the .data setter).
-        self._shares_with = source if self._data is data else None
+        # A change made in place through either tensor changes the other too (see the .data setter).
+        self._shares_with = _share(source, self) if source is not None and self._data is data else None
         if requires_grad:
             _check_differentiable_dtype(self._data.dtype, "Tensor")
         self.requires_grad = bool(requires_grad)
@@ -78,12 +79,13 @@ class Tensor:
             self._data = value
         self._modified_at = position = autograd.change_position()
         try:  # (an optimizer's step assigns every weight: an attribute read costs less than getattr)
-            source = self._shares_with
-        except AttributeError:  # a tensor an op made: it shares with nothing
-            source = None
-        while source is not None and source._data is value:  # `w.detach().data -= 1` changes w
-            source._modified_at = position
-            source = getattr(source, "_shares_with", None)
+            sharing = self._shares_with
+        except AttributeError:  # a tensor an op made, never detached: it shares with nothing
+            sharing = None
+        for reference in sharing or ():  # `w.detach().data -= 1` changes w, and the other way round
+            other = reference()
+            if other is not None and other._data is value:
+                other._modified_at = position
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -152,7 +154,7 @@ class Tensor:
     def detach(self) -> Tensor:
         """A new leaf sharing this data, cut off from the graph.
 
-        Changing its ``.data`` in place changes this tensor too, and is detected as such:
+        Changing the ``.data`` of either in place changes both, and is detected as such:
         a backward that needs the old value refuses to run.
         """
         return Tensor(self, name=self.name)
@@ -312,6 +314,22 @@ class Tensor:
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
             axes = axes[0]
         return ops.transpose(self, axes=tuple(axes) if axes else None)
+
+
+def _share(source: Tensor, tensor: Tensor) -> list[weakref.ref]:
+    """The list of weak references to the tensors on ``source``'s array, ``tensor`` now among them.
+
+    Weak, so that a detached loss kept for logging does not keep its graph alive.
+    """
+    try:
+        sharing = source._shares_with
+    except AttributeError:
+        sharing = None
+    if sharing is None:
+        sharing = source._shares_with = [weakref.ref(source)]
+    sharing[:] = [reference for reference in sharing if reference() is not None]
+    sharing.append(weakref.ref(tensor))
+    return sharing
 
 
 def _index_arrays(index: Any) -> Any:

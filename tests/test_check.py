@@ -765,9 +765,18 @@ def test_gradcheck_blames_finite_differences_not_relu_at_its_kink():
     k = Tensor(np.array([1e-7, -1e-7, 1.0]), requires_grad=True, name="k")
     report = mt.gradcheck(lambda x: x.relu().sum(), [k])
     diagnosis = report["k"].diagnosis
-    assert diagnosis.startswith("finite differences cannot judge relu in `v0 = relu(k)`: 2 of its inputs"), \
-        diagnosis
+    assert diagnosis.startswith("finite differences cannot judge relu in `v0 = relu(k)`: 2 of its inputs "
+                                "lie"), diagnosis
+    assert "its rule agrees everywhere else" in diagnosis
     assert "backward rule" not in diagnosis
+
+
+def test_a_wrong_relu_rule_is_named_even_with_an_input_at_its_kink():
+    flipped = mt.Op("relu", lambda x: np.maximum(x, 0), lambda g, out, x: -g * (x > 0))
+    k = Tensor(np.array([0.0, -1.0, 1.0, 2.0]), requires_grad=True, name="k")
+    diagnosis = mt.gradcheck(lambda x: flipped(x).sum(), [k])["k"].diagnosis
+    assert diagnosis.startswith("the backward rule of relu in `v0 = relu(k)` is wrong"), diagnosis
+    assert "kink" not in diagnosis
 
 
 def test_check_manual_after_the_graph_was_released_says_what_to_do():

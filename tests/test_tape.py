@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -425,6 +427,31 @@ def test_changing_a_detached_tensor_in_place_is_a_change_of_the_original():
         loss.backward()
 
 
+def test_changing_the_original_in_place_is_a_change_of_a_detached_tensor_that_requires_grad():
+    w = Tensor(np.ones(3), requires_grad=True)
+    detached = w.detach()
+    detached.requires_grad = True
+    loss = (detached * detached).sum()
+    w.data -= 1
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+
+
+def test_a_detached_value_kept_for_logging_keeps_no_graph_alive():
+    x = Tensor(np.ones((50, 50)), requires_grad=True)
+    hidden = (x @ x).tanh()
+    saved = weakref.ref(hidden._node.arrays[0])  # the product the tanh saved for backward
+    loss = hidden.sum()
+    logged = [loss.detach() for _ in range(3)]
+    del hidden, loss
+    gc.collect()
+    assert saved() is None and len(logged) == 3
+    w = Tensor(np.ones(3), requires_grad=True)
+    for _ in range(100):
+        w.detach()  # dropped at once: the list of tensors sharing w's array does not grow
+    assert len(w._shares_with) <= 2
+
+
 def test_giving_a_detached_tensor_a_new_array_leaves_the_original_alone():
     w = Tensor(np.ones(3), requires_grad=True)
     loss = (w ** 2).sum()
@@ -455,6 +482,15 @@ def test_an_array_where_an_output_tensor_is_expected_is_a_clear_error(call, wher
     x = Tensor([1.0], requires_grad=True)
     with pytest.raises(TypeError, match=rf"^{where}: the output must be a Tensor .*, got (ndarray|float)$"):
         call(x)
+
+
+def test_grad_takes_any_iterable_of_inputs_and_outputs():
+    w, b = Tensor([[1.0, 2.0]], requires_grad=True), Tensor([0.5], requires_grad=True)
+    loss = (w * 3.0).sum() + (b * b).sum()
+    params = {"w": w, "b": b}
+    gw, gb = mt.grad(iter([loss]), params.values())
+    np.testing.assert_array_equal(gw, [[3.0, 3.0]])
+    np.testing.assert_array_equal(gb, [1.0])
 
 
 def test_bare_no_grad_and_enable_grad_decorate_a_function():
