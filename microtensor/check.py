@@ -706,19 +706,55 @@ def _batch_size(nodes: list[Tensor]) -> int | None:
             return inputs[0].shape[0]
         if op == "mean" and inputs[0].size > t.size:
             return inputs[0].size // t.size
-        if op == "div" and _is_sum_over_rows_divided_by_their_count(*inputs):
-            return int(inputs[1])
+        n = _divisor(op, inputs)
+        if n and _is_sum_over_rows(t, n):
+            return n
     return None
 
 
-def _is_sum_over_rows_divided_by_their_count(numerator: Any, divisor: Any) -> bool:
-    if isinstance(divisor, Tensor) or np.size(divisor) != 1 or not float(divisor) > 1:
+def _divisor(op: str, inputs: tuple) -> int | None:
+    """The whole number N > 1 that ``x / N`` or ``x * (1 / N)`` (or ``-1/N * x``) divides by."""
+    scalars = [a for a in inputs if not isinstance(a, Tensor) and np.size(a) == 1]
+    if len(scalars) != 1 or len(inputs) != 2 or (op == "div" and scalars[0] is not inputs[1]):
+        return None
+    scalar = float(np.ravel(scalars[0])[0])  # a 1-element array of any shape, too
+    if op == "div":
+        value = scalar
+    elif op == "mul" and scalar:
+        value = 1 / abs(scalar)
+    else:
+        return None
+    return round(value) if value > 1.5 and abs(value - round(value)) < 1e-9 * value else None
+
+
+def _is_sum_over_rows(t: Tensor, n: int) -> bool:
+    """Whether ``t`` is ``-x.sum()`` (a sign or scalar factors allowed), x of n rows from the data."""
+    node = t._node
+    while node is not None and node.op.name in ("neg", "mul", "div"):  # the division itself, a sign, a factor
+        tensors = [a for a in node.inputs if isinstance(a, Tensor)]
+        if len(tensors) != 1 or any(np.size(a) != 1 for a in node.inputs if a is not tensors[0]):
+            return False
+        node = tensors[0]._node
+    if node is None or node.op.name != "sum" or not isinstance(node.inputs[0], Tensor):
         return False
-    summed = numerator._node if isinstance(numerator, Tensor) and numerator._node is not None else None
-    if summed is None or summed.op.name != "sum" or not isinstance(summed.inputs[0], Tensor):
-        return False
-    rows = summed.inputs[0].shape[:1]
-    return rows == (float(divisor),)
+    summed = node.inputs[0]
+    return summed.shape[:1] == (n,) and _reads_rows_of_data(summed, n)
+
+
+def _reads_rows_of_data(t: Tensor, n: int) -> bool:
+    """Whether ``t`` is computed from an array of ``n`` rows that is no parameter: the data, or
+    labels. An L2 term, a function of the weights alone, is not (W's rows are its inputs)."""
+    stack, seen = [t], set()
+    while stack:
+        node = stack.pop()._node
+        for a in node.inputs if node is not None else ():
+            if isinstance(a, Tensor) and a.requires_grad:
+                if id(a) not in seen:
+                    seen.add(id(a))
+                    stack.append(a)
+            elif np.ndim(a) and np.shape(a)[0] == n:
+                return True
+    return False
 
 
 def check_manual(output: Tensor, manual: Mapping[str, Any], atol: float = 1e-8, rtol: float = 1e-5, *,

@@ -76,7 +76,7 @@ def writable_path(path: PathLike, where: str) -> Path:
     path = Path(path)
     # Replacing a link by a regular file would leave the file it names stale, so write that file.
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    problem: OSError | None = None
+    problem: OSError | None
     if target.is_dir():
         problem = IsADirectoryError("it is a directory")
     elif not target.parent.exists():
@@ -87,9 +87,23 @@ def writable_path(path: PathLike, where: str) -> Path:
         # Renaming over it would succeed, but a read-only file asks not to be replaced (the mode
         # bits say so even to root, whom os.access lets write anything).
         problem = PermissionError("the file is read-only")
+    else:
+        problem = _cannot_create_in(target)
     if problem is not None:
         raise type(problem)(f"{where}: cannot write {path}: {problem}")
     return target
+
+
+def _cannot_create_in(target: Path) -> OSError | None:
+    """Why no file can be made beside ``target`` (where the new file is written, then renamed),
+    found by making one: permissions do not tell, for root or on a file system such as /proc."""
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+    except OSError as err:
+        return type(err)(f"no file can be made in {target.parent} ({err.strerror})")
+    os.close(descriptor)
+    os.unlink(probe)
+    return None
 
 
 def _write_npz(f: object, state: dict[str, np.ndarray]) -> None:

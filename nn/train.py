@@ -143,6 +143,9 @@ class TrainingDiverged(FloatingPointError):
                          f"as they were at the start of that epoch. Try a smaller learning rate (now {lr})")
         self.epoch, self.reason, self.lr = epoch, reason, lr
 
+    def __reduce__(self) -> tuple:  # pickled (to another process, say) from what made it
+        return type(self), (self.epoch, self.reason, self.lr)
+
 
 def _snapshot(model: Module, optimizer: Optimizer) -> Callable[[], None]:
     """A function that puts the model's parameters and the optimizer's buffers back as they are now."""

@@ -646,6 +646,29 @@ def test_rounding_atol_is_the_given_atol_in_float64_and_float32_rounding_above_i
     assert check.rounding_atol(1e-8, np.full(3, np.inf), ones) == 1e-8
 
 
+@pytest.mark.parametrize("data_loss", [
+    lambda logp, Y, n: -logp[np.arange(n), Y.argmax(1)].sum() / n,
+    lambda logp, Y, n: -(Y * logp).sum() / n,
+    lambda logp, Y, n: -1 / n * (Y * logp).sum(),
+    lambda logp, Y, n: (Y * logp).sum() * (-1 / n),
+    lambda logp, Y, n: mt.mean(-(Y * logp).sum(axis=1)),
+], ids=["sum_of_picked/N", "sum/N", "-1/N*sum", "sum*(-1/N)", "mean_of_rows"])
+def test_the_batch_size_is_found_in_every_usual_spelling_of_the_mean_loss(data_loss):
+    # An input dimension of 2, as in the blobs: the / 2 of the L2 term divides a sum over W's 2 rows.
+    rng = np.random.default_rng(0)
+    n, X, y = 8, rng.standard_normal((8, 2)), rng.integers(0, 3, 8)
+    W = Tensor(rng.standard_normal((2, 3)), requires_grad=True, name="W")
+    Y = np.eye(3)[y]
+    loss = data_loss((Tensor(X) @ W).log_softmax(axis=1), Y, n) + 0.1 * (W ** 2).sum() / 2
+    (right,) = mt.grad(loss, [W], retain_graph=True)
+    diagnosis = mt.check_manual(loss, {"W": 2 * right})["W"].diagnosis
+    assert diagnosis.startswith("is twice the expected gradient"), diagnosis
+    probs = np.exp((Tensor(X) @ W).log_softmax(axis=1).data)
+    no_mean = X.T @ (probs - Y) + 0.1 * W.data  # the 1/N left out of the data term
+    diagnosis = mt.check_manual(loss, {"W": no_mean})["W"].diagnosis
+    assert "N = 8 times the expected" in diagnosis and "N the batch size" in diagnosis, diagnosis
+
+
 def test_the_halving_of_an_l2_term_is_not_taken_for_the_batch_size():
     loss, right, _ = _notebook_net(l2_divided_by_two=True)
     assert mt.check_manual(loss, right)

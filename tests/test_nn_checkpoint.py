@@ -278,6 +278,13 @@ def test_saving_onto_a_read_only_file_is_refused_and_leaves_it_as_it_was(saved):
     assert path.read_bytes() == old_bytes and path.stat().st_mode & 0o777 == 0o444
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_directory_where_no_file_can_be_made_is_refused_before_anything_is_written():
+    # Permissions cannot tell (root may write anywhere); making a file there can.
+    with pytest.raises(OSError, match=r"^nn.save: cannot write /proc/m.npz: no file can be made in /proc"):
+        nn.save(nn.TwoLayerNet(3, 4, 2), "/proc/m.npz")
+
+
 def test_checkpoint_errors_are_value_errors():
     assert issubclass(checkpoint.CheckpointError, ValueError)
 

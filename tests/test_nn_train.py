@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -146,6 +148,10 @@ def test_fit_stops_with_a_clear_error_when_the_loss_diverges():
     assert isinstance(info.value, nn.train.TrainingDiverged)
     assert (info.value.epoch, info.value.lr) == (1, 1e10)
     assert info.value.reason == "a weight became nan or inf while every batch loss was finite"
+    # It travels whole, as the error of a fit run in another process does.
+    copied = pickle.loads(pickle.dumps(info.value))
+    assert type(copied) is type(info.value) and str(copied) == str(info.value)
+    assert (copied.epoch, copied.reason, copied.lr) == (1, info.value.reason, 1e10)
 
 
 @pytest.mark.parametrize("epochs", [0, -1, 2.5, "3", True])
