@@ -267,27 +267,28 @@ def _collapse(nodes: list[_Node], edges: list[_Edge], depth: bool | int) -> tupl
 
 
 def _modules_of_ops(nodes: list[_Node], depth: bool | int) -> dict[_Node, _Node]:
-    """Each op that ran in a module -> the (new) node of that call of the module, cut to ``depth``.
+    """Each op that ran in a module -> the (new) node of its module, cut to ``depth``.
 
-    Ops are visited in tape order, and a scope's ops are one call until an op outside it runs:
-    a module used again after other ops (``lin(lin(x).tanh())``) is a second node, not one
-    node whose edges go round in a cycle.
+    A node stands for a run of ops, consecutive in tape order, with the same cut scope. Edges
+    then only go from earlier runs to later ones, so the picture has no cycle: a module used
+    again after other ops (``lin(lin(x).tanh())``), or a module's own ops before and after a
+    child's, are drawn as one node per run.
     """
-    calls: dict[tuple[str, ...], _Node] = {}  # each scope's latest call
     merged_into: dict[_Node, _Node] = {}
-    previous: tuple[str, ...] = ()
+    run: _Node | None = None
     count = 0
     for node in nodes:
         if node.kind not in ("op", "output"):
             continue
-        if node.scope:
-            key = node.scope if depth is True else node.scope[:depth]
-            if key not in calls or previous[:len(key)] != key:
-                calls[key] = _Node(f"module{count}", "module", [], key)
-                count += 1
-            calls[key].members.append(node)
-            merged_into[node] = calls[key]
-        previous = node.scope
+        key = (node.scope if depth is True else node.scope[:depth]) if node.scope else None
+        if key is None:
+            run = None
+            continue
+        if run is None or run.scope != key:
+            run = _Node(f"module{count}", "module", [], key)
+            count += 1
+        run.members.append(node)
+        merged_into[node] = run
     return merged_into
 
 

@@ -336,6 +336,23 @@ def test_collapse_draws_a_module_used_again_after_other_ops_as_a_second_node():
     assert ("module1", "module0", "") not in edges and ("op1", "module0", "") not in edges  # no cycle
 
 
+def test_collapse_draws_a_modules_own_ops_around_a_childs_as_runs_without_a_cycle():
+    x = Tensor(np.ones((2, 3)))
+    W1, W2 = Tensor(np.ones((3, 3)), requires_grad=True), Tensor(np.ones((3, 3)), requires_grad=True)
+    with mt.scope("Net"):
+        with mt.scope("fc1"):
+            h = x @ W1
+        h = h.relu()  # Net's own op
+        with mt.scope("fc2"):
+            h = h @ W2
+        out = h.relu().sum()  # Net's own ops again
+    source = mt.to_dot(out, collapse=True)
+    edges = {(a, b) for a, b, _ in edges_of(source) if a.startswith("module") and b.startswith("module")}
+    assert edges == {("module0", "module1"), ("module1", "module2"), ("module2", "module3")}
+    labels = [nodes_of(source)[f"module{i}"][0].split("\n")[0] for i in range(4)]
+    assert labels == ["fc1", "Net", "fc2", "Net"]
+
+
 def test_collapse_to_a_depth_merges_everything_below_it():
     source = mt.to_dot(scoped_net(), collapse=1)
     nodes = nodes_of(source)
