@@ -163,6 +163,19 @@ def _forward_error(op: Op, err: Exception, args: tuple) -> Exception:
         return next(kind for kind in (IndexError, ValueError, TypeError) if isinstance(err, kind))(message)
 
 
+def _inputs_without_vjps(forward: Callable[..., Any]) -> int:
+    """How many inputs an op without VJPs (a comparison, say) takes: as many as its ufunc, or
+    the forward's leading arguments without a default (``lambda x, axis=None`` takes one)."""
+    if isinstance(forward, np.ufunc):
+        return forward.nin
+    count = 0
+    for argument in inspect.signature(forward).parameters.values():
+        if argument.kind is not argument.POSITIONAL_OR_KEYWORD or argument.default is not argument.empty:
+            break
+        count += 1
+    return count
+
+
 def _param_names(forward: Callable[..., Any], inputs: int) -> tuple[str, ...]:
     """The names of ``forward``'s arguments after its ``inputs``: its parameters, such as axis.
 
@@ -205,9 +218,8 @@ class Op:
         self.name = name
         self.forward = forward
         self.vjps = vjps
-        # How many inputs: the arguments after them are parameters. An op without VJPs (a
-        # comparison) has as many as its ufunc takes, or else only parameters.
-        self.arity = len(vjps) if vjps else getattr(forward, "nin", 0)
+        # How many inputs: the arguments after them are parameters.
+        self.arity = len(vjps) if vjps else _inputs_without_vjps(forward)
         self.differentiable = bool(vjps)
         self.saves = saves
         self.explain = explain
@@ -224,8 +236,9 @@ class Op:
         stray = bool(params) and isinstance(self.forward, np.ufunc)
         if len(extra) > len(self.param_names) or twice or stray:
             takes = f"the parameters {', '.join(self.param_names)}" if self.param_names else "no parameters"
+            keywords = f"the keywords {', '.join(params)}" if params else "no keywords"
             raise TypeError(f"{self.name}: takes {self.arity} input(s) and {takes}; got {len(args)} "
-                            f"positional arguments and {', '.join(params) or 'no'} keywords")
+                            f"positional argument(s) and {keywords}")
         return inputs, {**dict(zip(self.param_names, extra)), **params}
 
     def __call__(self, *args: Any, **params: Any) -> Tensor:

@@ -631,9 +631,13 @@ def _where_largest(ev: Evidence) -> str:
     bad = ~(error <= ev.atol + ev.rtol * np.abs(ev.expected))
     worst = _index(int(np.argmax(np.where(bad, error, -1.0))), error.shape)  # the worst of the wrong ones
     share = f"{bad.mean():.0%}" if bad.mean() >= 0.01 else f"{100 * bad.mean():.2g}%"
-    sentence = (f"is off by up to {error[worst]:.3g} (largest at {worst}: expected "
-                f"{ev.expected[worst]:.4g}, got {ev.actual[worst]:.4g}); {share} of its "
-                f"entries are out of tolerance")
+    at = f"{worst}: expected {ev.expected[worst]:.4g}, got {ev.actual[worst]:.4g}"
+    if error[worst] >= np.nanmax(error):
+        sentence = (f"is off by up to {error[worst]:.3g} (largest at {at}); {share} of its entries are out "
+                    f"of tolerance")
+    else:  # a larger error sits at a larger entry, within rtol of it
+        sentence = (f"is out of tolerance at {share} of its entries, by up to {error[worst]:.3g} (at {at}); "
+                    f"larger errors elsewhere are within rtol of larger entries")
     if ev.expected.ndim == 2:
         for axis, word in ((1, "row"), (0, "column")):
             lines = np.flatnonzero(bad.any(axis=axis))

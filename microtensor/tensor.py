@@ -135,6 +135,9 @@ class Tensor:
         return float(self.data)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if copy is False and dtype is not None and np.dtype(dtype) != self._data.dtype:
+            raise ValueError(f"Tensor: a copy is needed to make {self.dtype} data {np.dtype(dtype)}, "
+                             f"and copy=False forbids one")
         array = self._data if dtype is None else self._data.astype(dtype, copy=False)
         # np.array(t) and np.copy(t) ask for a copy and trust they got one.
         return array.copy() if copy and array is self._data else array

@@ -122,6 +122,9 @@ class Optimizer:
         if not params:
             raise ValueError(f"{where}: got an empty parameter list; pass e.g. model.parameters()")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
+        if any(isinstance(p, dict) for p in params) and not all(isinstance(p, dict) for p in params):
+            raise TypeError(f"{where}: params mixes parameter groups (dicts) and tensors; put the "
+                            f"tensors in a group of their own, {{'params': [...]}}")
         self.defaults = defaults
         self.param_groups: list[dict[str, Any]] = [self._group(g, where) for g in groups]
         every = [p for group in self.param_groups for p in group["params"]]

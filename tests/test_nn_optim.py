@@ -357,6 +357,12 @@ def test_a_lone_tensor_as_a_groups_params_is_one_parameter_as_in_torch():
     np.testing.assert_allclose(b.data, [0.0])
 
 
+def test_groups_mixed_with_tensors_are_a_clear_error():
+    a, b = mt.Tensor([1.0], requires_grad=True), mt.Tensor([2.0], requires_grad=True)
+    with pytest.raises(TypeError, match=r"^SGD: params mixes parameter groups \(dicts\) and tensors"):
+        SGD([{"params": [a]}, b], lr=0.1)
+
+
 def test_a_group_without_params_is_a_clear_error():
     with pytest.raises(ValueError, match=r"^SGD: a parameter group must have a 'params' entry, got keys"):
         SGD([{"lr": 0.5}], lr=0.1)

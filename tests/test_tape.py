@@ -470,6 +470,9 @@ def test_numpy_copies_of_a_tensor_are_copies():
     np.testing.assert_array_equal(snapshot, 1.0)
     assert shared is w.data
     assert np.array(w, dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="copy=False forbids one"):
+        np.asarray(w, dtype=np.float32, copy=False)
+    assert np.asarray(w, copy=False) is w.data
 
 
 @pytest.mark.parametrize("call, where", [
