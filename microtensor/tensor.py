@@ -81,11 +81,12 @@ class Tensor:
         try:  # (an optimizer's step assigns every weight: an attribute read costs less than getattr)
             sharing = self._shares_with
         except AttributeError:  # a tensor an op made, never detached: it shares with nothing
-            sharing = None
-        for reference in sharing or ():  # `w.detach().data -= 1` changes w, and the other way round
-            other = reference()
-            if other is not None and other._data is value:
-                other._modified_at = position
+            return
+        if sharing:  # `w.detach().data -= 1` changes w, and the other way round
+            for reference in sharing:
+                other = reference()
+                if other is not None and other._data is value:
+                    other._modified_at = position
 
     @property
     def shape(self) -> tuple[int, ...]:
