@@ -487,13 +487,14 @@ def render_graph(output: Tensor, path: str | os.PathLike[str], **options: Any) -
         )
     graph = draw_graph(output, **options)
     content = graph.source.encode() if suffix == ".dot" else _run_dot(graph, RENDERED_FORMATS[suffix])
-    _write_atomically(path, content)
+    # Through a symbolic link, the file it names is replaced and the link stays, as nn.save does.
+    _write_atomically(Path(os.path.realpath(path)) if path.is_symlink() else path, content)
     return path
 
 
 def _run_dot(graph: graphviz.Digraph, fmt: str) -> bytes:
     try:
-        return graph.pipe(format=fmt)
+        return graph.pipe(format=fmt, quiet=True)  # dot's complaint goes into our error, not stderr
     except graphviz.ExecutableNotFound:
         raise RuntimeError(
             f"render_graph: writing .{fmt} needs Graphviz's `dot` program, which is not on PATH. "

@@ -535,7 +535,7 @@ def test_writing_into_a_missing_folder_names_the_path_asked_for(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_when_dot_fails_the_error_shows_its_message_and_no_file_is_written(tmp_path, monkeypatch):
+def test_when_dot_fails_the_error_shows_its_message_and_no_file_is_written(tmp_path, monkeypatch, capfd):
     fake = tmp_path / "bin" / "dot"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'Error: out of memory' >&2\nexit 1\n")
@@ -545,6 +545,16 @@ def test_when_dot_fails_the_error_shows_its_message_and_no_file_is_written(tmp_p
     with pytest.raises(RuntimeError, match=r"render_graph: Graphviz's dot failed .*out of memory"):
         mt.render_graph(x.exp(), tmp_path / "g.png")
     assert [p.name for p in tmp_path.iterdir()] == ["bin"]
+    assert "out of memory" not in capfd.readouterr().err  # in the error only, not printed as well
+
+
+def test_rendering_through_a_symbolic_link_replaces_the_file_it_names(tmp_path):
+    target, link = tmp_path / "graph.dot", tmp_path / "latest.dot"
+    target.write_text("old")
+    link.symlink_to(target)
+    x = Tensor([1.0], requires_grad=True)
+    mt.render_graph(x.exp(), link)
+    assert link.is_symlink() and target.read_text().startswith("digraph")
 
 
 @requires_dot
