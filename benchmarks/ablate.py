@@ -140,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name in VARIANTS:
         ratios = over(name, as_is)
-        low, high = bench.median_interval(ratios)
+        interval = bench.median_interval(ratios)
+        spread = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "too few rounds for an interval"
         ratio = statistics.median(ratios)
-        print(f"| {name} | {ratio:.3f} ({low:.3f}-{high:.3f}) | {1 - ratio:.1%} | "
+        print(f"| {name} | {ratio:.3f} ({spread}) | {1 - ratio:.1%} | "
               f"{statistics.median(over(name, times['numpy'])):.2f}x |")
     return 0
 

@@ -17,6 +17,7 @@ import microtensor as mt
 from nn import bench
 from nn.bench import Implementation, NumpyStep, Report, Result, Workload, make_problem
 from nn.bench.report import render
+from nn.bench.timing import FirstStep
 
 TWO_LAYER = Workload("two", (3, 5, 4), 7)
 THREE_LAYER = Workload("three", (4, 6, 5, 3), 9)
@@ -123,6 +124,12 @@ def test_a_wrong_sign_in_the_update_is_caught_by_the_weights_after_the_first_ste
     assert result.check.startswith("DISAGREES: updated weight of W1")
 
 
+def test_an_implementation_that_returns_fewer_arrays_than_the_reference_disagrees():
+    reference = FirstStep(1.0, [np.ones(2), np.ones(3)], [np.ones(2), np.ones(3)])
+    partial = FirstStep(1.0, [np.ones(2)], [np.ones(2)])  # the second bias never compared
+    assert bench.disagreement(reference, partial, 1e-9) == "gradients: 1 arrays, expected 2"
+
+
 def test_a_disagreement_makes_the_report_not_ok_and_shows_wrong_in_the_table():
     report = quick([TWO_LAYER], [Implementation("missing-1/N", "missing 1/N", MissingOneOverN)])
     assert not report.ok
@@ -177,6 +184,17 @@ def synthetic_report(ratios: dict[str, float], floor_ratio: float) -> Report:
                   dict(zip(names, names)), results)
 
 
+def test_tables_with_pytorch_and_several_threads_warn_that_its_columns_include_contention():
+    report = synthetic_report({"W1": 1.4}, floor_ratio=1.0)
+    report.machine = {"cores": "2"}
+    report.settings = {"rounds": 1, "block_seconds": 0.01, "allocator": "test"}
+    report.load = (None, None)
+    warning = "the PyTorch columns below include that contention"
+    assert warning not in render([report])  # one thread, and no torch
+    report.threads = {"requested": 2, "method": "test", "torch": 2}
+    assert warning in render([report])
+
+
 def test_targets_are_marked_met_or_not_met_from_the_measured_ratios():
     report = synthetic_report({"W1": 1.4, "W2": 1.2, "W3": 1.05, "W4": 0.9}, floor_ratio=1.2)
     verdicts = {target: verdict for target, _, verdict, _ in bench.speed_targets(report, "float64")}
@@ -199,7 +217,9 @@ def test_a_target_inside_the_medians_confidence_interval_is_flagged_as_within_no
 def test_the_median_interval_is_the_order_statistics_a_binomial_test_gives():
     rng = np.random.default_rng(0)
     assert bench.median_interval(range(1, 16)) == (4, 12)  # P(Binomial(15, 1/2) <= 3) = 1.8%
-    assert bench.median_interval(range(1, 9)) == (1, 8)  # too few rounds: the whole range
+    assert bench.median_interval(range(1, 9)) == (1, 8)  # few rounds: the whole range, 99.2%
+    assert bench.median_interval(range(1, 7)) == (1, 6)  # 96.9%
+    assert bench.median_interval(range(1, 6)) is None  # the whole range of 5 holds it 93.75% of the time
     # Over many samples of 15 rounds, the interval holds the true median at least 95% of the time.
     held = sum(low <= 0 <= high for low, high in (bench.median_interval(rng.standard_normal(15))
                                                   for _ in range(4000)))

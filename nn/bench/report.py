@@ -181,7 +181,7 @@ def render(reports: Sequence[Report], memory: dict[str, Any] | None = None) -> s
     targets: list[tuple[str, str, str, str]] = []
     for report in reports:
         lines += ["", f"## {_threads_title(report).capitalize()}", "", _describe_threads(report.threads),
-                  "", _describe_load(report)]
+                  "", _describe_load(report)] + _contention(report)
         for dtype in _dtypes(report):
             lines += ["", f"### {dtype}, {_threads_title(report)}: step time / NumPy step time", ""]
             lines += ratio_table(report, dtype)
@@ -209,6 +209,17 @@ def _describe_load(report: Report) -> str:
     return (f"Load average (1 min): {start:.2f} at the start, {end:.2f} at the end, on "
             f"{report.machine.get('cores')} cores; the benchmark adds about one per busy thread, "
             "more means other processes shared the machine.")
+
+
+def _contention(report: Report) -> list[str]:
+    """A warning under tables where PyTorch's threads and NumPy's ran side by side in one process."""
+    threads, torch = report.threads.get("requested"), report.threads.get("torch")
+    if not threads or threads < 2 or torch is None:
+        return []
+    return ["", f"With {threads} threads, PyTorch's OpenMP pool and NumPy's OpenBLAS pool take turns "
+            "in this one process and spin against each other: the PyTorch columns below include that "
+            "contention, and are not PyTorch's speed on its own (time it in a process of its own for "
+            "that). The 1-thread tables compare it fairly."]
 
 
 def _describe_threads(threads: dict[str, Any]) -> str:

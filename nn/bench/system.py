@@ -7,12 +7,14 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -34,14 +36,8 @@ def set_threads(threads: int | None) -> dict[str, Any]:
     if threads is not None:
         for variable in THREAD_VARIABLES:
             os.environ[variable] = str(threads)
-        method = "environment variables"
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=threads)
-            method = "threadpoolctl"
-        except ImportError:
-            pass
+        threadpool_limits(limits=threads)  # the pools already loaded, NumPy's and SciPy's OpenBLAS
+        method = "threadpoolctl"
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
     return {"requested": threads, "method": method, **_threads_in_effect()}
@@ -86,13 +82,8 @@ def _owner(library: str) -> str:
 def _threads_in_effect() -> dict[str, Any]:
     torch = sys.modules.get("torch")
     found: dict[str, Any] = {"torch": None if torch is None else torch.get_num_threads()}
-    try:
-        from threadpoolctl import threadpool_info
-
-        found["pools"] = {f"{p['internal_api']} ({_owner(p['filepath'])})": p["num_threads"]
-                          for p in threadpool_info()}
-    except ImportError:
-        found["pools"] = {v: os.environ.get(v, "unset") for v in THREAD_VARIABLES}
+    found["pools"] = {f"{p['internal_api']} ({_owner(p['filepath'])})": p["num_threads"]
+                      for p in threadpool_info()}
     return found
 
 
@@ -115,14 +106,9 @@ def _version(distribution: str) -> str:
 
 def _blas(package: str) -> str:
     """The BLAS library ``package`` (numpy, or scipy for SGD's ``axpy``) loaded, with its version."""
-    try:
-        from threadpoolctl import threadpool_info
-
-        for pool in threadpool_info():
-            if pool["user_api"] == "blas" and f"{package}." in pool["filepath"]:
-                return f"{pool['internal_api']} {pool['version']} ({pool['architecture']})"
-    except ImportError:
-        pass
+    for pool in threadpool_info():
+        if pool["user_api"] == "blas" and f"{package}." in pool["filepath"]:
+            return f"{pool['internal_api']} {pool['version']} ({pool['architecture']})"
     config = importlib.import_module(package).show_config(mode="dicts")
     blas = config["Build Dependencies"]["blas"]
     return f"{blas.get('name')} {blas.get('version')}"
@@ -144,8 +130,18 @@ def machine() -> dict[str, str]:
         "scipy": _version("scipy"),
         "scipy BLAS": _blas("scipy"),
         "torch": _version("torch"),
+        "torch BLAS": _torch_blas(),
         "scikit-learn": _version("scikit-learn"),
     }
+
+
+def _torch_blas() -> str:
+    """The BLAS torch was built with (MKL on x86 wheels): its products are not OpenBLAS's."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return "not loaded"
+    found = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return found.group(1) if found else "unknown"
 
 
 def in_fresh_process(call: str, threads: int | None = None) -> Any:

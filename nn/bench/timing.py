@@ -58,6 +58,8 @@ def disagreement(reference: FirstStep, other: FirstStep, tolerance: float) -> st
         ours, theirs = getattr(reference, what), getattr(other, what)
         if theirs is None:
             continue
+        if len(theirs) != len(ours):  # zip would stop at the shorter list and compare too little
+            return f"{what}: {len(theirs)} arrays, expected {len(ours)}"
         for name, expected, actual in zip(parameter_names(len(ours)), ours, theirs):
             label = f"{what[:-1].replace('weight', 'updated weight')} of {name}"
             if expected.shape != actual.shape:
@@ -113,14 +115,18 @@ def _paired_ratios(times: list[float], baseline: list[float]) -> list[float]:
     return [t / b for t, b in zip(times, baseline)]
 
 
-def median_interval(values: Sequence[float]) -> tuple[float, float]:
+def median_interval(values: Sequence[float]) -> tuple[float, float] | None:
     """A confidence interval of at least 95% for the median of what ``values`` sample.
 
     Distribution-free: the k-th smallest and k-th largest value, for the largest k with
-    P(Binomial(n, 1/2) < k) <= 2.5%. Eight values or fewer give their whole range.
+    P(Binomial(n, 1/2) < k) <= 2.5%. Six to eight values give their whole range; fewer than
+    six give None, as even their whole range holds the median less often than 95% (5 values:
+    93.75%), and a quick run's verdicts then follow the median alone.
 
     >>> median_interval(range(1, 16))  # 15 rounds: the 4th smallest and the 4th largest
     (4, 12)
+    >>> median_interval([1.0, 2.0, 3.0]) is None
+    True
     """
     ordered = sorted(values)
     n = len(ordered)
@@ -130,7 +136,11 @@ def median_interval(values: Sequence[float]) -> tuple[float, float]:
         if below > 0.025:
             break
         k += 1
-    return (ordered[k - 1], ordered[n - k]) if k else (ordered[0], ordered[-1])
+    return (ordered[k - 1], ordered[n - k]) if k else None
+
+
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else list(interval)  # a list, as JSON gives it back
 
 
 def _summarise(workload: str, dtype: str, checks: dict[str, tuple[str, bool | None]],
@@ -145,11 +155,11 @@ def _summarise(workload: str, dtype: str, checks: dict[str, tuple[str, bool | No
             result.minimum, result.maximum = min(times[name]), max(times[name])
             result.ratio = statistics.median(ratios)
             result.ratio_min, result.ratio_max = min(ratios), max(ratios)
-            result.ratio_interval = list(median_interval(ratios))
+            result.ratio_interval = _listed(median_interval(ratios))
             if FLOOR.name in times:
                 floor_ratios = _paired_ratios(times[name], times[FLOOR.name])
                 result.floor_ratio = statistics.median(floor_ratios)
-                result.floor_interval = list(median_interval(floor_ratios))
+                result.floor_interval = _listed(median_interval(floor_ratios))
         results.append(result)
     return results
 
