@@ -339,10 +339,10 @@ def _freed_graph_error() -> RuntimeError:
     )
 
 
-def expect_tensor(value: Any, where: str, what: str = "output") -> None:
-    """Refuse, in ``where``'s words, a ``value`` that is not a Tensor (an ndarray, say)."""
+def expect_tensor(value: Any, where: str) -> None:
+    """Refuse, in ``where``'s words, an output that is not a Tensor (an ndarray, say)."""
     if not isinstance(value, Tensor):
-        raise TypeError(f"{where}: the {what} must be a Tensor (the result of ops on tensors), "
+        raise TypeError(f"{where}: the output must be a Tensor (the result of ops on tensors), "
                         f"got {type(value).__name__}")
 
 
