@@ -33,7 +33,7 @@ from microtensor import Tensor
 FLOATS = st.floats(-3, 3, allow_nan=False, width=64)
 # derandomize: the same examples on every run, so CI passes or fails for the code, not the draw.
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
-GRAPH_SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
+GRAPH_SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)  # per featured op: 21 ops
 
 BINARY = [
     (lambda a, b: a + b, np.add),
@@ -480,7 +480,7 @@ def test_random_graphs_match_finite_differences(featured, data):
 
 
 @pytest.mark.parametrize("featured", OPS)
-@GRAPH_SETTINGS
+@settings(GRAPH_SETTINGS, max_examples=12)
 @given(data=st.data())
 def test_random_graphs_in_float32_match_float64_to_float32_precision(featured, data):
     """The same graph from the same (float32-exact) leaves: float32 gradients, equal to the
@@ -495,7 +495,7 @@ def test_random_graphs_in_float32_match_float64_to_float32_precision(featured, d
 
 @requires_torch
 @pytest.mark.parametrize("featured", OPS)
-@settings(GRAPH_SETTINGS, max_examples=8)
+@settings(GRAPH_SETTINGS, max_examples=6)
 @given(data=st.data())
 def test_random_graphs_match_pytorch(featured, data):
     graph = data.draw(graphs(featured))
