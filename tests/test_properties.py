@@ -171,9 +171,7 @@ class TorchLib:
     def log_softmax(x: Any, axis: int) -> Any:
         return torch.log_softmax(x, dim=axis)
 
-    @staticmethod
-    def reshape(x: Any, shape: tuple) -> Any:
-        return x.reshape(shape)
+    reshape = EngineLib.reshape  # the same method call on a torch tensor
 
     @staticmethod
     def transpose(x: Any, axes: tuple) -> Any:
